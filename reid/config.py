@@ -1,0 +1,196 @@
+"""The config schema: structured configs for the fixed sections, signature checks for `_target_` groups.
+
+Fixed-shape sections (`trainer`, `data`, `stage`) are dataclasses in Hydra's ConfigStore, so a wrong type or
+an unknown key fails at composition time with Hydra's own message. Groups that map to classes through
+`_target_` (backbone, head, loss, optimizer, scheduler, dataset) are checked against the target's own
+signature, so adding a backbone or a loss needs one YAML file and at most one class, never a schema edit.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from reid.errors import ConfigError
+
+TARGET_GROUPS = ("dataset", "backbone", "head", "loss", "optimizer", "scheduler")
+# Arguments the code passes to `_target_` classes itself; a YAML file setting them is an error.
+PROVIDED_ARGUMENTS = {"head": ("in_features", "num_classes"), "optimizer": ("params",), "scheduler": ("optimizer",)}
+
+
+@dataclass
+class TrainerConfig:
+    """How the loop runs; every key here is read by `reid.engine`."""
+
+    max_epochs: int = 120
+    eval_every: int = 5
+    patience: int = 30
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    deterministic: bool = False
+    log_every: int = 20
+
+
+@dataclass
+class DataConfig:
+    """Input pipeline: size, PK batch composition, augmentation, loader workers."""
+
+    height: int = 256
+    width: int = 128
+    p: int = 16
+    k: int = 4
+    augment: bool = True
+    flip_prob: float = 0.5
+    pad: int = 10
+    random_erasing_prob: float = 0.5
+    num_workers: int = 2
+    test_batch_size: int = 128
+    distance: str = "euclidean"
+
+
+@dataclass
+class StageConfig:
+    """A fine-tuning stage; `freeze_level` 0 trains everything, 1 freezes the backbone, 2 all but the classifier."""
+
+    name: str = "full"
+    freeze_level: int = 0
+
+
+@dataclass
+class ReidConfig:
+    """The top-level schema; `_target_` groups stay open dicts and are checked by `validate_targets`."""
+
+    experiment_name: str = "default"
+    dataset: Any = None
+    backbone: Any = None
+    head: Any = None
+    loss: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    stage: StageConfig = field(default_factory=StageConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    data_dir: str = "data"
+
+
+def register_configs() -> None:
+    """Store the schemas so YAML files can extend them through their defaults lists."""
+    store = ConfigStore.instance()
+    store.store(name="reid_schema", node=ReidConfig)
+    store.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    store.store(group="data", name="data_schema", node=DataConfig)
+    store.store(group="stage", name="stage_schema", node=StageConfig)
+
+
+def _type_matches(value: Any, annotation: Any) -> bool:
+    """Whether a config value can be passed for a parameter annotated with `annotation`."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin in (list, tuple, typing.Sequence) or annotation in (list, tuple):
+        return isinstance(value, (list, tuple, ListConfig))
+    if origin is dict or annotation is dict:
+        return isinstance(value, (dict, DictConfig))
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _describe(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def check_target_node(node: DictConfig, key: str, provided: tuple[str, ...] = ()) -> None:
+    """Check one `_target_` node's keys and value types against the target's signature.
+
+    `provided` names the arguments the code passes itself (such as `num_classes`), which the YAML must not set.
+    """
+    target_path = node.get("_target_")
+    if not target_path:
+        raise ConfigError(f"{key}: expected a `_target_` naming the class to build, got keys {list(node.keys())}")
+    try:
+        target = get_object(target_path)
+    except Exception as exc:
+        raise ConfigError(f"{key}._target_={target_path!r} cannot be imported: {exc}") from exc
+    signature = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:
+        hints = {}
+    params = signature.parameters
+    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    valid = [name for name, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    for name in node.keys():
+        if str(name).startswith("_"):
+            continue
+        if name in provided:
+            raise ConfigError(f"{key}.{name} is set by reid itself and must not be configured")
+        if name not in params:
+            if accepts_kwargs:
+                continue
+            choices = ", ".join(v for v in valid if v not in provided) or "(none)"
+            raise ConfigError(f"{key}.{name} is not an argument of {target_path}; valid keys: {choices}")
+        value = OmegaConf.to_object(node[name]) if OmegaConf.is_config(node[name]) else node[name]
+        annotation = hints.get(name, params[name].annotation)
+        if value is not None and not _type_matches(value, annotation):
+            raise ConfigError(
+                f"{key}.{name}={value!r}: expected {_describe(annotation)} (argument of {target_path})"
+            )
+
+
+def validate_targets(cfg: DictConfig, provided: dict[str, tuple[str, ...]] = PROVIDED_ARGUMENTS) -> None:
+    """Check every `_target_` group before anything is built, so a typo fails before training."""
+    for group in TARGET_GROUPS:
+        node = cfg.get(group)
+        if node is None:
+            raise ConfigError(f"config group `{group}` is missing; choose one with `{group}=<option>`")
+        check_target_node(node, group, provided.get(group, ()))
+    if cfg.stage.freeze_level not in (0, 1, 2):
+        raise ConfigError(
+            f"stage.freeze_level={cfg.stage.freeze_level}: expected 0 (nothing frozen), "
+            "1 (backbone frozen) or 2 (all but the classifier frozen)"
+        )
+    if cfg.data.distance not in ("euclidean", "cosine"):
+        raise ConfigError(f"data.distance={cfg.data.distance!r}: expected 'euclidean' or 'cosine'")
+    if cfg.trainer.device not in ("auto", "cpu", "cuda") and not str(cfg.trainer.device).startswith("cuda:"):
+        raise ConfigError(f"trainer.device={cfg.trainer.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    for name in ("max_epochs", "eval_every", "log_every"):
+        if cfg.trainer[name] < 1:
+            raise ConfigError(f"trainer.{name}={cfg.trainer[name]}: expected an integer >= 1")
+    for name in ("p", "k", "height", "width", "test_batch_size"):
+        if cfg.data[name] < 1:
+            raise ConfigError(f"data.{name}={cfg.data[name]}: expected an integer >= 1")
+
+
+def as_plain_dict(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain python containers (safe for JSON and `weights_only` checkpoints)."""
+    return typing.cast(dict, OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+
+
+__all__ = [
+    "PROVIDED_ARGUMENTS",
+    "ReidConfig",
+    "TrainerConfig",
+    "DataConfig",
+    "StageConfig",
+    "register_configs",
+    "validate_targets",
+    "check_target_node",
+    "as_plain_dict",
+]

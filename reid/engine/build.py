@@ -1,0 +1,97 @@
+"""Turn a composed config into the objects a run needs: data, model, loss, optimizer, schedule, trainer."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from reid.config import as_plain_dict
+from reid.data.loaders import Loaders, build_loaders
+from reid.data.records import ReidSplits
+from reid.engine.evaluator import Evaluator
+from reid.engine.record import RunRecord, RunRecordHook
+from reid.engine.standard_hooks import CheckpointSaver, EarlyStopping, ProgressLogger
+from reid.engine.trainer import Trainer
+from reid.errors import ConfigError
+from reid.models import ReidModel, build_model
+
+log = logging.getLogger("reid")
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name!r} but CUDA is not available here; use trainer.device=auto or cpu")
+    return device
+
+
+def dataset_info(splits: ReidSplits) -> dict[str, Any]:
+    def count(records: list) -> dict[str, int]:
+        return {"images": len(records), "identities": len({r.pid for r in records}),
+                "cameras": len({r.camid for r in records})}
+
+    return {"name": splits.name, "root": str(splits.root), "num_classes": splits.num_classes,
+            "train": count(splits.train), "query": count(splits.query), "gallery": count(splits.gallery)}
+
+
+@dataclass
+class Experiment:
+    """Everything built from a config, before any training step."""
+
+    splits: ReidSplits
+    loaders: Loaders
+    model: ReidModel
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+
+
+def build_experiment(cfg: DictConfig) -> Experiment:
+    device = resolve_device(cfg.trainer.device)
+    splits = instantiate(cfg.dataset).load()
+    log.info("%s", splits.summary())
+    loaders = build_loaders(splits, cfg.data, seed=cfg.trainer.seed)
+    model = build_model(cfg.backbone, cfg.head, num_classes=splits.num_classes)
+    model.set_freeze_level(cfg.stage.freeze_level)
+    model.to(device)
+    log.info("model %s + %s on %s; %s", model.architecture["backbone"], model.architecture["head"].rsplit(".", 1)[-1],
+             device, model.describe_freezing())
+    criterion = instantiate(cfg.loss)
+    optimizer = instantiate(cfg.optimizer)(model.trainable_parameters())
+    scheduler = instantiate(cfg.scheduler)(optimizer)
+    return Experiment(splits, loaders, model, criterion, optimizer, scheduler, device)
+
+
+def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overrides: list[str]) -> Trainer:
+    config = as_plain_dict(cfg)
+    record = RunRecord(run_dir, config, dataset_info(experiment.splits), overrides=overrides)
+    evaluator = Evaluator(experiment.loaders.test, experiment.loaders.num_query, experiment.device,
+                          amp=cfg.trainer.amp, distance=cfg.data.distance)
+    hooks = [
+        ProgressLogger(cfg.trainer.log_every),
+        EarlyStopping(cfg.trainer.patience),
+        CheckpointSaver(run_dir, config),
+        RunRecordHook(record),
+    ]
+    return Trainer(
+        experiment.model,
+        experiment.criterion,
+        experiment.optimizer,
+        experiment.scheduler,
+        experiment.loaders.train,
+        evaluator,
+        hooks,
+        max_epochs=cfg.trainer.max_epochs,
+        eval_every=cfg.trainer.eval_every,
+        device=experiment.device,
+        amp=cfg.trainer.amp,
+        seed=cfg.trainer.seed,
+    )

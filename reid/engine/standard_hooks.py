@@ -1,0 +1,147 @@
+"""The hooks every run uses: early stopping on mAP, checkpoint saving, and console progress."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import torch
+
+from reid.checkpoint import BEST_MODEL, FINAL_MODEL, LAST_CHECKPOINT, save_model_file, save_training_checkpoint
+from reid.engine.hooks import EpochResult, Hook, StepInfo
+from reid.engine.stopping import DIVERGED, StopReason
+from reid.utils.seed import capture_rng_state
+
+if TYPE_CHECKING:
+    from reid.engine.trainer import Trainer
+
+log = logging.getLogger("reid")
+
+
+class EarlyStopping(Hook):
+    """Stop once `patience` epochs have passed since the best mAP (0 disables)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def after_epoch(self, trainer: "Trainer", result: EpochResult) -> None:
+        state = trainer.state
+        if self.patience <= 0 or result.metrics is None or state.best_map is None:
+            return
+        waited = result.epoch - state.best_epoch
+        if waited >= self.patience:
+            state.stop = StopReason.early_stopping(waited, self.patience)
+
+
+def training_checkpoint(trainer: "Trainer", config: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to continue the run exactly where it stands."""
+    state = trainer.state
+    sampler = getattr(trainer.train_loader, "sampler", None)
+    return {
+        "model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+        "architecture": trainer.model.architecture,
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "epoch": state.epoch,
+        "global_step": state.global_step,
+        "best_map": state.best_map,
+        "best_epoch": state.best_epoch,
+        "best_metrics": state.best_metrics,
+        "history": state.history,
+        "rng": capture_rng_state(),
+        "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
+        "config": config,
+    }
+
+
+class CheckpointSaver(Hook):
+    """best_model.pth on each new best mAP, the resumable last checkpoint every epoch, model_final.pth at the end."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = config
+
+    def _meta(self, trainer: "Trainer", epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "metrics": trainer.state.best_metrics if epoch == trainer.state.best_epoch else None,
+            "config": self.config,
+        }
+
+    def after_epoch(self, trainer: "Trainer", result: EpochResult) -> None:
+        if result.improved:
+            save_model_file(self.run_dir / BEST_MODEL, trainer.model, trainer.model.architecture,
+                            self._meta(trainer, result.epoch))
+        save_training_checkpoint(self.run_dir / LAST_CHECKPOINT, training_checkpoint(trainer, self.config))
+
+    def after_train(self, trainer: "Trainer") -> None:
+        stop = trainer.state.stop
+        if trainer.state.epoch == 0 and trainer.state.global_step == 0:
+            return
+        if stop is not None and stop.kind == DIVERGED:
+            finite = all(torch.isfinite(p).all() for p in trainer.model.parameters())
+            if not finite:
+                log.warning("not writing %s: the weights are no longer finite after divergence", FINAL_MODEL)
+                return
+        save_model_file(self.run_dir / FINAL_MODEL, trainer.model, trainer.model.architecture,
+                        self._meta(trainer, trainer.state.epoch))
+
+
+def format_losses(losses: dict[str, float]) -> str:
+    parts = [f"{key}={value:.3f}" for key, value in losses.items() if key != "total"]
+    text = f"loss={losses.get('total', float('nan')):.3f}"
+    return f"{text} ({' '.join(parts)})" if parts else text
+
+
+def epoch_line(result: EpochResult, max_epochs: int) -> str:
+    """`[Epoch 3/60] lr=3.50e-04 | loss=4.12 (ce=3.90 tri=0.22) | mAP=0.412 R1=0.633 | 41.2s`"""
+    text = f"[Epoch {result.epoch}/{max_epochs}] lr={result.lr:.2e} | {format_losses(result.losses)}"
+    if result.metrics is not None:
+        text += f" | mAP={result.metrics['mAP']:.3f} R1={result.metrics['rank1']:.3f}"
+        if result.improved:
+            text += " *"
+    return text + f" | {result.epoch_time:.1f}s"
+
+
+class ProgressLogger(Hook):
+    """A progress bar within each epoch (plain lines when not on a terminal), and one line per epoch."""
+
+    def __init__(self, log_every: int, stream: TextIO | None = None) -> None:
+        self.log_every = log_every
+        self.stream = stream or sys.stderr
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.epoch_started = time.perf_counter()
+
+    def before_epoch(self, trainer: "Trainer", epoch: int) -> None:
+        self.epoch_started = time.perf_counter()
+
+    def after_step(self, trainer: "Trainer", info: StepInfo) -> None:
+        elapsed = time.perf_counter() - self.epoch_started
+        remaining = elapsed / info.step * (info.steps_per_epoch - info.step)
+        if self.interactive:
+            filled = int(30 * info.step / max(1, info.steps_per_epoch))
+            bar = "#" * filled + "-" * (30 - filled)
+            self.stream.write(
+                f"\rEpoch {info.epoch} [{bar}] {info.step}/{info.steps_per_epoch} "
+                f"loss={info.losses['total']:.3f} eta {remaining:.0f}s "
+            )
+            if info.step == info.steps_per_epoch:
+                self.stream.write("\r" + " " * 90 + "\r")
+            self.stream.flush()
+        elif info.step % self.log_every == 0 or info.step == info.steps_per_epoch:
+            log.info("epoch %d step %d/%d %s", info.epoch, info.step, info.steps_per_epoch,
+                     format_losses(info.losses))
+
+    def after_epoch(self, trainer: "Trainer", result: EpochResult) -> None:
+        log.info(epoch_line(result, trainer.max_epochs))
+
+    def after_train(self, trainer: "Trainer") -> None:
+        stop = trainer.state.stop
+        best = trainer.state.best_map
+        best_text = "none" if best is None or not math.isfinite(best) else f"{best:.4f} at epoch {trainer.state.best_epoch}"
+        log.info("stopped: %s | best mAP %s", stop.message if stop else "unknown", best_text)

@@ -1,0 +1,17 @@
+"""Errors a user can act on: each message names the key, file or value and what was expected."""
+
+
+class ReidError(Exception):
+    """Base class for errors caused by the user's configuration or data, not by a bug."""
+
+
+class ConfigError(ReidError, ValueError):
+    """A config value has the wrong type or an invalid value."""
+
+
+class PretrainedWeightsUnavailable(ReidError, RuntimeError):
+    """`backbone.pretrained=true` could not fetch the library's weights (no network, no cache)."""
+
+
+class CheckpointError(ReidError, RuntimeError):
+    """A checkpoint or weight file is unreadable, unsafe or belongs to another model."""

@@ -1,0 +1,72 @@
+"""The ReID model: backbone + head, with freeze levels that keep frozen BatchNorm statistics fixed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from reid.models.heads import HeadOutput
+
+log = logging.getLogger(__name__)
+
+FREEZE_LEVELS = {
+    0: "nothing frozen",
+    1: "backbone frozen",
+    2: "all but the classifier frozen",
+}
+
+
+class ReidModel(nn.Module):
+    """Maps images to an embedding (eval) or to a `HeadOutput` (train)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, architecture: dict[str, Any]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.architecture = architecture
+        self.freeze_level = 0
+        # Some parameters never train by design (the BN neck's bias); unfreezing must not turn them on.
+        self._trainable_by_design = {name: p.requires_grad for name, p in self.named_parameters()}
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> HeadOutput | torch.Tensor:
+        return self.head(self.backbone(images), labels)
+
+    def frozen_module_names(self) -> list[str]:
+        return ["backbone", "head.neck"][: self.freeze_level]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.get_submodule(name) for name in self.frozen_module_names()]
+
+    def set_freeze_level(self, level: int) -> None:
+        """Freeze parts of the model: frozen parameters get no gradient and frozen BatchNorm stays in eval mode."""
+        if level not in FREEZE_LEVELS:
+            raise ValueError(f"freeze_level={level}: expected one of {sorted(FREEZE_LEVELS)}")
+        self.freeze_level = level
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(self._trainable_by_design[name])
+        for module in self.frozen_modules():
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ReidModel":
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def describe_freezing(self) -> str:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
+        names = self.frozen_module_names()
+        return (
+            f"freeze_level={self.freeze_level} ({FREEZE_LEVELS[self.freeze_level]}): "
+            f"{trainable:,} trainable and {frozen:,} frozen parameters"
+            + (f"; frozen modules: {', '.join(names)}" if names else "")
+        )

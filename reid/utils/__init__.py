@@ -1,0 +1,1 @@
+"""Small shared utilities: seeding and determinism, library versions."""

@@ -1,0 +1,54 @@
+"""Shared fixtures: composing the real configs, and one cached synthetic dataset for the whole session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = str(REPO / "conf")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data directory per test session, so the synthetic set is generated once and reused."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def compose_config(data_dir: Path):
+    """Compose `conf/config.yaml` with overrides, as `python -m reid.train` would (without running)."""
+    from reid.config import register_configs
+
+    register_configs()
+
+    def _compose(*overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=[f"data_dir={data_dir}", *overrides],
+                           return_hydra_config=False)
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def run_train(args: list[str], cwd: Path, data_dir: Path, timeout: float = 300, **kwargs):
+    """Run `python -m reid.train` in a real process; returns the CompletedProcess."""
+    import subprocess
+
+    env = {**os.environ, "REID_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "reid.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def only_run_dir(root: Path) -> Path:
+    """The single run directory a `reid.train` call created under `root/outputs`."""
+    runs = sorted(p.parent for p in (root / "outputs").rglob("model_info.json"))
+    assert len(runs) == 1, f"expected one run under {root}/outputs, found {runs}"
+    return runs[0]
