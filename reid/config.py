@@ -12,7 +12,7 @@ import inspect
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
@@ -37,6 +37,9 @@ class TrainerConfig:
     seed: int = 0
     deterministic: bool = False
     log_every: int = 20
+    grad_clip: Optional[float] = None
+    resume: Optional[str] = None
+    resume_allow_changes: bool = False
 
 
 @dataclass
@@ -82,7 +85,11 @@ class ReidConfig:
 
 
 def register_configs() -> None:
-    """Store the schemas so YAML files can extend them through their defaults lists."""
+    """Store the schemas so YAML files can extend them, and the resolver that picks the run directory."""
+    from reid.engine.resume import run_dir_resolver
+
+    if not OmegaConf.has_resolver("reid_run_dir"):
+        OmegaConf.register_new_resolver("reid_run_dir", run_dir_resolver, use_cache=True)
     store = ConfigStore.instance()
     store.store(name="reid_schema", node=ReidConfig)
     store.store(group="trainer", name="trainer_schema", node=TrainerConfig)

@@ -14,9 +14,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from reid.config import register_configs, validate_targets
+from reid.checkpoint import LAST_CHECKPOINT, check_architecture, load_training_checkpoint
+from reid.config import as_plain_dict, register_configs, validate_targets
 from reid.engine.build import build_experiment, build_trainer
-from reid.engine.stopping import DIVERGED, DIVERGED_SCORE
+from reid.engine.resume import check_resume_config, resolve_resume_dir
+from reid.engine.stopping import DIVERGED, DIVERGED_SCORE, RunInterrupted
+from reid.errors import ConfigError
 from reid.engine.trainer import TrainState
 from reid.utils.seed import configure_determinism, seed_everything
 
@@ -50,19 +53,44 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     configure_determinism(cfg.trainer.deterministic)
     seed_everything(cfg.trainer.seed)
     try:
+        resume = load_resume_point(cfg, run_dir)
         experiment = build_experiment(cfg)
+        if resume is not None:
+            check_architecture(experiment.model.architecture, resume[0].get("architecture"), run_dir / LAST_CHECKPOINT)
     except Exception as exc:
         log.error("could not set up the run: %s", exc)
         raise
-    trainer = build_trainer(cfg, experiment, run_dir, overrides)
+    trainer = build_trainer(cfg, experiment, run_dir, overrides, resume)
     log.info("run directory: %s", run_dir.resolve())
-    state = trainer.fit()
+    restore_signal_handlers = trainer.handle_signals()
+    try:
+        state = trainer.fit()
+    finally:
+        restore_signal_handlers()
     return score(state)
+
+
+def load_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict] | None:
+    """With trainer.resume set: the run's last checkpoint and the config changes the user accepted."""
+    if not cfg.trainer.resume:
+        return None
+    resume_dir = resolve_resume_dir(cfg.trainer.resume, cfg.experiment_name)
+    if resume_dir != run_dir.resolve():
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume} resolves to {resume_dir}, but this run writes to "
+                          f"{run_dir}; a resumed run continues in its own directory")
+    checkpoint = load_training_checkpoint(resume_dir / LAST_CHECKPOINT)
+    changes = check_resume_config(checkpoint["config"], as_plain_dict(cfg), cfg.trainer.resume_allow_changes,
+                                  resume_dir)
+    return checkpoint, changes
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    try:
+        return train(cfg)
+    except RunInterrupted as stop:
+        # Non-zero like any interrupted program (130 for Ctrl+C, 143 for SIGTERM); the record says how to resume.
+        raise SystemExit(128 + stop.signum) from None
 
 
 if __name__ == "__main__":

@@ -37,13 +37,20 @@ def compose_config(data_dir: Path):
     GlobalHydra.instance().clear()
 
 
+def train_env(data_dir: Path) -> dict[str, str]:
+    """The environment of a real training process: the session's data dir, and tests/ importable (faults.py)."""
+    env = {**os.environ, "REID_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
 def run_train(args: list[str], cwd: Path, data_dir: Path, timeout: float = 300, **kwargs):
     """Run `python -m reid.train` in a real process; returns the CompletedProcess."""
     import subprocess
 
-    env = {**os.environ, "REID_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "reid.train", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "reid.train", *args], cwd=cwd, env=train_env(data_dir),
+                          capture_output=True,
                           text=True, timeout=timeout, **kwargs)
 
 

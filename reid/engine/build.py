@@ -70,7 +70,9 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     return Experiment(splits, loaders, model, criterion, optimizer, scheduler, device)
 
 
-def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overrides: list[str]) -> Trainer:
+def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overrides: list[str],
+                  resume: tuple[dict[str, Any], dict[str, Any]] | None = None) -> Trainer:
+    """The trainer with its standard hooks; `resume` is (checkpoint, accepted config changes) to continue from."""
     config = as_plain_dict(cfg)
     record = RunRecord(run_dir, config, dataset_info(experiment.splits), overrides=overrides)
     evaluator = Evaluator(experiment.loaders.test, experiment.loaders.num_query, experiment.device,
@@ -81,7 +83,7 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         CheckpointSaver(run_dir, config),
         RunRecordHook(record),
     ]
-    return Trainer(
+    trainer = Trainer(
         experiment.model,
         experiment.criterion,
         experiment.optimizer,
@@ -94,4 +96,14 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         device=experiment.device,
         amp=cfg.trainer.amp,
         seed=cfg.trainer.seed,
+        grad_clip=cfg.trainer.grad_clip,
     )
+    if resume is not None:
+        checkpoint, changes = resume
+        trainer.restore(checkpoint)
+        record.continue_from(checkpoint["epoch"], checkpoint["global_step"], changes)
+        where = f"epoch {checkpoint['epoch']}"
+        if checkpoint.get("epoch_progress"):
+            where += f" + {checkpoint['epoch_progress']['step']} steps of epoch {checkpoint['epoch'] + 1}"
+        log.info("resumed %s after %s (global step %d)", run_dir, where, checkpoint["global_step"])
+    return trainer

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -75,6 +76,12 @@ def key_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def resume_command(info: dict[str, Any]) -> str:
+    """The command that continues this run in its own directory."""
+    overrides = [o for o in info.get("overrides", []) if not o.startswith(("trainer.resume=", "+trainer.resume="))]
+    return shlex.join(["python", "-m", "reid.train", *overrides, f"trainer.resume={info['run_dir']}"])
+
+
 def recommendation(stop: StopReason, info: dict[str, Any]) -> str:
     """What to do next, given how the run ended."""
     run_dir = info["run_dir"]
@@ -87,7 +94,8 @@ def recommendation(stop: StopReason, info: dict[str, Any]) -> str:
         return ("Use a smaller batch (data.p / data.k), enable AMP on CUDA (trainer.amp=true), or a smaller input "
                 "size (data.height / data.width).")
     if stop.kind == INTERRUPTED:
-        return f"The run was interrupted; best_model.pth holds its best weights so far (run dir: {run_dir})."
+        return ("The run was stopped; its checkpoint is saved. Resume it exactly where it stopped with:\n"
+                f"  {resume_command(info)}")
     if stop.kind == ERROR:
         return "Fix the error above and rerun; the log (log.txt) has the full traceback."
     if still_improving:
@@ -109,6 +117,7 @@ class RunRecord:
         self.config = config
         self.dataset = dataset
         self.started = time.time()
+        self.previous_seconds = 0.0
         self.info: dict[str, Any] = {
             "status": "running",
             "run_dir": str(self.run_dir.resolve()),
@@ -129,11 +138,28 @@ class RunRecord:
             "key_hyperparameters": key_hyperparameters(config),
             "files": {"best_model": BEST_MODEL, "final_model": FINAL_MODEL, "last_checkpoint": LAST_CHECKPOINT},
             "timings": {"started": _now(), "ended": None, "total_seconds": 0.0, "mean_epoch_seconds": None},
+            "resumes": [],
             "versions": library_versions(),
         }
 
     def start(self) -> None:
         write_json(self.run_dir / MODEL_INFO_JSON, self.info)
+
+    def continue_from(self, epoch: int, global_step: int, changes: dict[str, Any]) -> None:
+        """Carry the existing record of a resumed run forward and log this resume in it."""
+        try:
+            previous = json.loads((self.run_dir / MODEL_INFO_JSON).read_text())
+        except (OSError, ValueError):
+            previous = {}
+        self.info["timings"]["started"] = previous.get("timings", {}).get("started", self.info["timings"]["started"])
+        self.previous_seconds = float(previous.get("timings", {}).get("total_seconds") or 0.0)
+        self.info["resumes"] = list(previous.get("resumes", [])) + [{
+            "time": _now(),
+            "from_epoch": epoch,
+            "from_step": global_step,
+            "command": self.info["command"],
+            "config_changes": changes,
+        }]
 
     def update(self, trainer: "Trainer") -> None:
         """Rewrite the per-epoch files from the state's history (the checkpointed truth)."""
@@ -151,7 +177,7 @@ class RunRecord:
             global_step=state.global_step,
         )
         self.info["timings"].update(
-            total_seconds=round(time.time() - self.started, 3),
+            total_seconds=round(self.previous_seconds + time.time() - self.started, 3),
             mean_epoch_seconds=round(sum(times) / len(times), 3) if times else None,
         )
         write_json(self.run_dir / MODEL_INFO_JSON, self.info)

@@ -14,7 +14,6 @@ import torch
 from reid.checkpoint import BEST_MODEL, FINAL_MODEL, LAST_CHECKPOINT, save_model_file, save_training_checkpoint
 from reid.engine.hooks import EpochResult, Hook, StepInfo
 from reid.engine.stopping import DIVERGED, StopReason
-from reid.utils.seed import capture_rng_state
 
 if TYPE_CHECKING:
     from reid.engine.trainer import Trainer
@@ -37,30 +36,9 @@ class EarlyStopping(Hook):
             state.stop = StopReason.early_stopping(waited, self.patience)
 
 
-def training_checkpoint(trainer: "Trainer", config: dict[str, Any]) -> dict[str, Any]:
-    """Everything needed to continue the run exactly where it stands."""
-    state = trainer.state
-    sampler = getattr(trainer.train_loader, "sampler", None)
-    return {
-        "model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
-        "architecture": trainer.model.architecture,
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
-        "scaler": trainer.scaler.state_dict(),
-        "epoch": state.epoch,
-        "global_step": state.global_step,
-        "best_map": state.best_map,
-        "best_epoch": state.best_epoch,
-        "best_metrics": state.best_metrics,
-        "history": state.history,
-        "rng": capture_rng_state(),
-        "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
-        "config": config,
-    }
-
-
 class CheckpointSaver(Hook):
-    """best_model.pth on each new best mAP, the resumable last checkpoint every epoch, model_final.pth at the end."""
+    """best_model.pth on each new best mAP, the resumable last checkpoint every epoch (and on a signal),
+    model_final.pth at the end. After an error the last checkpoint stays the last complete epoch's."""
 
     def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
         self.run_dir = Path(run_dir)
@@ -77,12 +55,15 @@ class CheckpointSaver(Hook):
         if result.improved:
             save_model_file(self.run_dir / BEST_MODEL, trainer.model, trainer.model.architecture,
                             self._meta(trainer, result.epoch))
-        save_training_checkpoint(self.run_dir / LAST_CHECKPOINT, training_checkpoint(trainer, self.config))
+        save_training_checkpoint(self.run_dir / LAST_CHECKPOINT, trainer.checkpoint(self.config))
 
     def after_train(self, trainer: "Trainer") -> None:
         stop = trainer.state.stop
-        if trainer.state.epoch == 0 and trainer.state.global_step == 0:
+        if trainer.state.global_step == 0:
             return
+        if trainer.stop_signal is not None:
+            # Stopped by a signal between two steps: the state is consistent, so save it mid-epoch.
+            save_training_checkpoint(self.run_dir / LAST_CHECKPOINT, trainer.checkpoint(self.config))
         if stop is not None and stop.kind == DIVERGED:
             finite = all(torch.isfinite(p).all() for p in trainer.model.parameters())
             if not finite:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+import signal
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ INTERRUPTED = "interrupted"
 OUT_OF_MEMORY = "out_of_memory"
 DIVERGED = "diverged"
 ERROR = "error"
+PRUNED = "pruned"
 
 DIVERGED_SCORE = -1.0
 
@@ -24,6 +26,14 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, loss: float, epoch: int, step: int) -> None:
         super().__init__(f"loss={loss} at epoch {epoch}, step {step}")
         self.loss, self.epoch, self.step = loss, epoch, step
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A stop requested by SIGINT (Ctrl+C) or SIGTERM (scheduler preemption), raised between two steps."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass
@@ -48,8 +58,14 @@ class StopReason:
         )
 
     @classmethod
-    def interrupted(cls) -> "StopReason":
-        return cls(INTERRUPTED, "interrupted by the user (Ctrl+C)")
+    def interrupted(cls, signum: int = signal.SIGINT) -> "StopReason":
+        if signum == signal.SIGTERM:
+            return cls(INTERRUPTED, "terminated by SIGTERM", {"signal": "SIGTERM"})
+        return cls(INTERRUPTED, "interrupted by the user (Ctrl+C)", {"signal": "SIGINT"})
+
+    @classmethod
+    def pruned(cls, epoch: int) -> "StopReason":
+        return cls(PRUNED, f"pruned by the sweep at epoch {epoch}", {"epoch": epoch})
 
     @classmethod
     def out_of_memory(cls, batch_size: int) -> "StopReason":
@@ -79,6 +95,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def reason_for_exception(exc: BaseException, batch_size: int) -> StopReason:
     """Map whatever ended the loop to the reason a person reads."""
+    if isinstance(exc, RunInterrupted):
+        return StopReason.interrupted(exc.signum)
     if isinstance(exc, KeyboardInterrupt):
         return StopReason.interrupted()
     if isinstance(exc, TrainingDiverged):

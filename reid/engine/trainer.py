@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -11,8 +13,8 @@ import torch
 from torch import nn
 
 from reid.engine.hooks import EpochResult, Hook, HookList, StepInfo
-from reid.engine.stopping import StopReason, TrainingDiverged, reason_for_exception
-from reid.utils.seed import seed_everything
+from reid.engine.stopping import RunInterrupted, StopReason, TrainingDiverged, reason_for_exception
+from reid.utils.seed import capture_rng_state, restore_rng_state, seed_everything
 
 
 @dataclass
@@ -26,6 +28,18 @@ class TrainState:
     best_metrics: dict[str, float] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     stop: StopReason | None = None
+
+
+@dataclass
+class EpochProgress:
+    """The running totals of the epoch in progress; saved when a run is interrupted between steps."""
+
+    epoch: int
+    step: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    correct: int = 0
+    seen: int = 0
+    elapsed: float = 0.0
 
 
 class Trainer:
@@ -44,6 +58,7 @@ class Trainer:
         device: torch.device,
         amp: bool,
         seed: int,
+        grad_clip: float | None = None,
     ) -> None:
         self.model = model
         self.criterion = criterion
@@ -57,8 +72,11 @@ class Trainer:
         self.device = device
         self.amp = amp and device.type == "cuda"
         self.seed = seed
+        self.grad_clip = grad_clip
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = TrainState()
+        self.progress: EpochProgress | None = None
+        self.stop_signal: int | None = None
 
     @property
     def batch_size(self) -> int:
@@ -77,6 +95,8 @@ class Trainer:
                 state.epoch = epoch
                 state.history.append(result.row())
                 self.hooks.after_epoch(self, result)
+                if self.stop_signal is not None:
+                    raise RunInterrupted(self.stop_signal)
                 if state.stop is not None:
                     break
             else:
@@ -98,20 +118,27 @@ class Trainer:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         self.hooks.before_epoch(self, epoch)
-        started = time.perf_counter()
+        progress = self.progress if self.progress is not None and self.progress.epoch == epoch else EpochProgress(epoch)
+        resume_at = progress.step
+        self.progress = progress
+        started = time.perf_counter() - progress.elapsed
         lr = self.optimizer.param_groups[0]["lr"]
-        sums: dict[str, float] = {}
-        correct = seen = 0
         steps = len(self.train_loader)
         self.model.train()
         for step, (images, pids, _camids, _indices) in enumerate(self.train_loader, start=1):
+            if step <= resume_at:
+                continue  # already trained before an interruption; loading it replays the same random draws
             losses, batch_correct = self.train_step(images, pids, epoch, step)
             self.state.global_step += 1
             for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + value
-            correct += batch_correct
-            seen += len(pids)
+                progress.sums[key] = progress.sums.get(key, 0.0) + value
+            progress.correct += batch_correct
+            progress.seen += len(pids)
+            progress.step = step
+            progress.elapsed = time.perf_counter() - started
             self.hooks.after_step(self, StepInfo(epoch, step, steps, losses))
+            if self.stop_signal is not None:
+                raise RunInterrupted(self.stop_signal)
         self.scheduler.step()
         metrics = None
         if epoch % self.eval_every == 0 or epoch == self.max_epochs:
@@ -119,11 +146,12 @@ class Trainer:
         result = EpochResult(
             epoch=epoch,
             lr=lr,
-            losses={key: value / max(1, steps) for key, value in sums.items()},
-            train_top1=correct / max(1, seen),
+            losses={key: value / max(1, steps) for key, value in progress.sums.items()},
+            train_top1=progress.correct / max(1, progress.seen),
             metrics=metrics,
             epoch_time=time.perf_counter() - started,
         )
+        self.progress = None
         self._track_best(result)
         return result
 
@@ -139,6 +167,9 @@ class Trainer:
             raise TrainingDiverged(value, epoch, step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         correct = int((output.logits.detach().argmax(dim=1) == pids).sum())
@@ -153,3 +184,65 @@ class Trainer:
             self.state.best_epoch = result.epoch
             self.state.best_metrics = dict(result.metrics)
             result.improved = True
+
+    def request_stop(self, signum: int, frame: Any = None) -> None:
+        """Signal handler: the first signal stops after the current step; a second one exits at once."""
+        if self.stop_signal is not None:
+            # Files are written atomically, so the last complete checkpoint still stands.
+            os._exit(128 + signum)
+        self.stop_signal = signum
+
+    def handle_signals(self) -> Callable[[], None]:
+        """Install SIGINT/SIGTERM handlers for the duration of a run; returns the function that restores them."""
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def checkpoint(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Everything needed to continue the run exactly where it stands (weights-only-safe values)."""
+        state = self.state
+        sampler = getattr(self.train_loader, "sampler", None)
+        progress = self.progress
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "architecture": self.model.architecture,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": state.epoch,
+            "global_step": state.global_step,
+            "best_map": state.best_map,
+            "best_epoch": state.best_epoch,
+            "best_metrics": state.best_metrics,
+            "epochs_without_improvement": state.epoch - state.best_epoch if state.best_map is not None else 0,
+            "history": state.history,
+            "epoch_progress": None if progress is None else vars(progress).copy(),
+            "rng": capture_rng_state(),
+            "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
+            "config": config,
+        }
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Load a checkpoint made by `checkpoint()`; the next `fit()` continues after its last step."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.state = TrainState(
+            epoch=checkpoint["epoch"],
+            global_step=checkpoint["global_step"],
+            best_map=checkpoint["best_map"],
+            best_epoch=checkpoint["best_epoch"],
+            best_metrics=checkpoint["best_metrics"],
+            history=list(checkpoint["history"]),
+        )
+        progress = checkpoint.get("epoch_progress")
+        self.progress = EpochProgress(**progress) if progress else None
+        sampler = getattr(self.train_loader, "sampler", None)
+        if checkpoint.get("sampler") is not None and hasattr(sampler, "load_state_dict"):
+            sampler.load_state_dict(checkpoint["sampler"])
+        restore_rng_state(checkpoint["rng"])

@@ -1,0 +1,82 @@
+"""Finding the run to resume, and refusing to resume it under a silently different config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reid.checkpoint import LAST_CHECKPOINT
+from reid.errors import ConfigError
+
+OUTPUTS = Path("outputs")
+# Keys that name how to resume rather than what to train; they may differ between the two invocations.
+RESUME_KEYS = ("trainer.resume", "trainer.resume_allow_changes")
+
+
+def _finished(run_dir: Path) -> bool:
+    try:
+        info = json.loads((run_dir / "model_info.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("status") == "finished"
+
+
+def find_latest_run(experiment_name: str, outputs: Path = OUTPUTS) -> Path:
+    """The newest run of `experiment_name` that has a last checkpoint and did not finish."""
+    root = outputs / experiment_name
+    candidates = [path.parent for path in root.rglob(LAST_CHECKPOINT)] if root.is_dir() else []
+    resumable = [run for run in candidates if not _finished(run)]
+    if not resumable:
+        raise ConfigError(
+            f"trainer.resume=latest: no resumable run of experiment {experiment_name!r} under {root}/ "
+            f"(looked for {LAST_CHECKPOINT} in runs that have not finished; found {len(candidates)} checkpoint(s) "
+            "in finished runs). Pass trainer.resume=<run dir> to continue a specific run."
+        )
+    return max(resumable, key=lambda run: (run / LAST_CHECKPOINT).stat().st_mtime)
+
+
+def resolve_resume_dir(resume: str, experiment_name: str) -> Path:
+    """`latest` or a run directory, checked to hold a resumable checkpoint."""
+    run_dir = find_latest_run(experiment_name) if resume == "latest" else Path(resume)
+    if not (run_dir / LAST_CHECKPOINT).is_file():
+        raise ConfigError(
+            f"trainer.resume={resume}: {run_dir} has no {LAST_CHECKPOINT}; expected the directory of a run "
+            "started by `python -m reid.train` (or `latest`)"
+        )
+    return run_dir.resolve()
+
+
+def run_dir_resolver(resume: str | None, experiment_name: str, fresh_dir: str) -> str:
+    """Hydra's run directory: the resumed run's own directory, or a fresh one."""
+    if not resume:
+        return fresh_dir
+    return str(resolve_resume_dir(resume, experiment_name))
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Keys whose values differ between the checkpoint's config and the current one: {key: {old, new}}."""
+    old, new = _flatten(saved), _flatten(current)
+    keys = sorted((set(old) | set(new)) - set(RESUME_KEYS))
+    return {key: {"old": old.get(key), "new": new.get(key)} for key in keys if old.get(key) != new.get(key)}
+
+
+def check_resume_config(saved: dict[str, Any], current: dict[str, Any], allow_changes: bool,
+                        run_dir: Path) -> dict[str, dict[str, Any]]:
+    changes = config_changes(saved, current)
+    if changes and not allow_changes:
+        listed = "; ".join(f"{key}: {change['old']!r} -> {change['new']!r}" for key, change in changes.items())
+        raise ConfigError(
+            f"cannot resume {run_dir}: the config differs from the checkpoint's in {len(changes)} key(s): {listed}. "
+            "Resume with the same overrides, or pass trainer.resume_allow_changes=true to accept the changes."
+        )
+    return changes
