@@ -162,3 +162,22 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != TRAINING_FORMAT:
         raise CheckpointError(f"{path} is not a reid training checkpoint (expected format {TRAINING_FORMAT!r})")
     return payload
+
+
+def load_initial_weights(path: str | Path, model: torch.nn.Module, architecture: dict[str, Any]) -> list[str]:
+    """Start a model from another run's weights: same backbone required, a different classifier is left out.
+
+    Returns (the caller logs) the model keys that kept their initial values.
+    """
+    payload = safe_load(path)
+    found = payload.get("architecture") if isinstance(payload, dict) else None
+    if found:
+        same_backbone = {k: v for k, v in architecture.items() if k not in ("num_classes", "head")}
+        check_architecture(same_backbone, {k: found.get(k) for k in same_backbone}, path)
+    state = extract_state_dict(payload, path)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    if not usable:
+        raise CheckpointError(f"{path}: none of its tensors fit this model (expected a reid model file)")
+    model.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))

@@ -12,7 +12,7 @@ import inspect
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
@@ -40,6 +40,8 @@ class TrainerConfig:
     grad_clip: Optional[float] = None
     resume: Optional[str] = None
     resume_allow_changes: bool = False
+    transfer_epochs: int = 0
+    unfreeze_lr_factor: float = 0.1
 
 
 @dataclass
@@ -61,10 +63,26 @@ class DataConfig:
 
 @dataclass
 class StageConfig:
-    """A fine-tuning stage; `freeze_level` 0 trains everything, 1 freezes the backbone, 2 all but the classifier."""
+    """A fine-tuning stage; `freeze_level` 0 trains everything, 1 freezes the backbone, 2 all but the classifier.
+
+    `epochs` is the stage's length (null: until `trainer.max_epochs`, counted globally); `parent` names the stage
+    whose newest finished run this one starts from, unless `init_from` gives a run dir or a .pth file.
+    """
 
     name: str = "full"
     freeze_level: int = 0
+    epochs: Optional[int] = None
+    parent: Optional[str] = None
+    init_from: Optional[str] = None
+
+
+@dataclass
+class SweepTrialConfig:
+    """Links a training job to its Optuna trial; set by the reid_optuna sweeper, null for a plain run."""
+
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    trial_number: Optional[int] = None
 
 
 @dataclass
@@ -82,6 +100,8 @@ class ReidConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     data_dir: str = "data"
+    sweep_trial: SweepTrialConfig = field(default_factory=SweepTrialConfig)
+    pipeline: Optional[Dict[str, Any]] = None
 
 
 def register_configs() -> None:
@@ -93,8 +113,6 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="reid_schema", node=ReidConfig)
     store.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    store.store(group="data", name="data_schema", node=DataConfig)
-    store.store(group="stage", name="stage_schema", node=StageConfig)
 
 
 def _type_matches(value: Any, annotation: Any) -> bool:
@@ -168,6 +186,10 @@ def validate_targets(cfg: DictConfig, provided: dict[str, tuple[str, ...]] = PRO
         if node is None:
             raise ConfigError(f"config group `{group}` is missing; choose one with `{group}=<option>`")
         check_target_node(node, group, provided.get(group, ()))
+    if cfg.stage.epochs is not None and cfg.stage.epochs < 1:
+        raise ConfigError(f"stage.epochs={cfg.stage.epochs}: expected an integer >= 1, or null for 'the rest'")
+    if cfg.trainer.transfer_epochs < 0:
+        raise ConfigError(f"trainer.transfer_epochs={cfg.trainer.transfer_epochs}: expected an integer >= 0")
     if cfg.stage.freeze_level not in (0, 1, 2):
         raise ConfigError(
             f"stage.freeze_level={cfg.stage.freeze_level}: expected 0 (nothing frozen), "
@@ -196,6 +218,7 @@ __all__ = [
     "TrainerConfig",
     "DataConfig",
     "StageConfig",
+    "SweepTrialConfig",
     "register_configs",
     "validate_targets",
     "check_target_node",

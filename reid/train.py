@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from reid.checkpoint import LAST_CHECKPOINT, check_architecture, load_training_checkpoint
+from reid.checkpoint import LAST_CHECKPOINT, check_architecture, load_initial_weights, load_training_checkpoint
 from reid.config import as_plain_dict, register_configs, validate_targets
 from reid.engine.build import build_experiment, build_trainer
 from reid.engine.resume import check_resume_config, resolve_resume_dir
+from reid.engine.stages import resolve_stage_start
 from reid.engine.stopping import DIVERGED, DIVERGED_SCORE, RunInterrupted
 from reid.errors import ConfigError
+from reid.pipeline import allow_stage_overrides, run_pipeline
 from reid.engine.trainer import TrainState
 from reid.utils.seed import configure_determinism, seed_everything
 
@@ -40,27 +43,36 @@ def score(state: TrainState) -> float:
     return float(state.best_map)
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
-    """Build everything from `cfg`, train, write the run record into `run_dir`, return the score."""
+def train(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str] | None = None) -> float:
+    """Build everything from `cfg`, train, write the run record into `run_dir`, return the score.
+
+    `overrides` are the command-line overrides recorded for the run (default: the Hydra job's).
+    """
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     if run_dir is None:
         if hydra_cfg is None:
             raise ValueError("train() needs run_dir when called outside a Hydra job")
         run_dir = hydra_cfg.runtime.output_dir
     run_dir = Path(run_dir)
-    overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+    if overrides is None:
+        overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
     validate_targets(cfg)
     configure_determinism(cfg.trainer.deterministic)
     seed_everything(cfg.trainer.seed)
     try:
         resume = load_resume_point(cfg, run_dir)
+        start = resolve_stage_start(cfg)
         experiment = build_experiment(cfg)
         if resume is not None:
             check_architecture(experiment.model.architecture, resume[0].get("architecture"), run_dir / LAST_CHECKPOINT)
+        elif start.init_path is not None:
+            left_out = load_initial_weights(start.init_path, experiment.model, experiment.model.architecture)
+            log.info("stage %s starts from %s after epoch %d%s", cfg.stage.name, start.init_path, start.initial_epoch,
+                     f"; left at initial values: {', '.join(left_out)}" if left_out else "")
     except Exception as exc:
         log.error("could not set up the run: %s", exc)
         raise
-    trainer = build_trainer(cfg, experiment, run_dir, overrides, resume)
+    trainer = build_trainer(cfg, experiment, run_dir, overrides, resume, start)
     log.info("run directory: %s", run_dir.resolve())
     restore_signal_handlers = trainer.handle_signals()
     try:
@@ -87,6 +99,8 @@ def load_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict] | Non
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
+        if cfg.pipeline:
+            return run_pipeline(cfg)
         return train(cfg)
     except RunInterrupted as stop:
         # Non-zero like any interrupted program (130 for Ctrl+C, 143 for SIGTERM); the record says how to resume.
@@ -94,4 +108,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv = allow_stage_overrides(sys.argv)
     main()

@@ -16,6 +16,7 @@ from reid.data.loaders import Loaders, build_loaders
 from reid.data.records import ReidSplits
 from reid.engine.evaluator import Evaluator
 from reid.engine.record import RunRecord, RunRecordHook
+from reid.engine.stages import StageStart, UnfreezeAfter, stage_max_epochs
 from reid.engine.standard_hooks import CheckpointSaver, EarlyStopping, ProgressLogger
 from reid.engine.trainer import Trainer
 from reid.errors import ConfigError
@@ -71,10 +72,18 @@ def build_experiment(cfg: DictConfig) -> Experiment:
 
 
 def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overrides: list[str],
-                  resume: tuple[dict[str, Any], dict[str, Any]] | None = None) -> Trainer:
-    """The trainer with its standard hooks; `resume` is (checkpoint, accepted config changes) to continue from."""
+                  resume: tuple[dict[str, Any], dict[str, Any]] | None = None,
+                  start: StageStart | None = None) -> Trainer:
+    """The trainer with its standard hooks.
+
+    `resume` is (checkpoint, accepted config changes) to continue from; `start` places a stage after its parent's
+    epochs (its weights are loaded by the caller).
+    """
+    start = start or StageStart()
+    max_epochs = stage_max_epochs(cfg, start.initial_epoch)
     config = as_plain_dict(cfg)
     record = RunRecord(run_dir, config, dataset_info(experiment.splits), overrides=overrides)
+    record.info.update(max_epochs=max_epochs, lineage=start.lineage)
     evaluator = Evaluator(experiment.loaders.test, experiment.loaders.num_query, experiment.device,
                           amp=cfg.trainer.amp, distance=cfg.data.distance)
     hooks = [
@@ -83,6 +92,13 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         CheckpointSaver(run_dir, config),
         RunRecordHook(record),
     ]
+    if cfg.sweep_trial.trial_number is not None:
+        from reid.sweep.pruning import TrialPruningHook
+
+        hooks.insert(-1, TrialPruningHook(cfg.sweep_trial.storage, cfg.sweep_trial.study_name,
+                                          cfg.sweep_trial.trial_number))
+    if cfg.trainer.transfer_epochs:
+        hooks.insert(0, UnfreezeAfter(cfg.trainer.transfer_epochs, start.initial_epoch, cfg.trainer.unfreeze_lr_factor))
     trainer = Trainer(
         experiment.model,
         experiment.criterion,
@@ -91,13 +107,14 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         experiment.loaders.train,
         evaluator,
         hooks,
-        max_epochs=cfg.trainer.max_epochs,
+        max_epochs=max_epochs,
         eval_every=cfg.trainer.eval_every,
         device=experiment.device,
         amp=cfg.trainer.amp,
         seed=cfg.trainer.seed,
         grad_clip=cfg.trainer.grad_clip,
     )
+    trainer.state.epoch = start.initial_epoch
     if resume is not None:
         checkpoint, changes = resume
         trainer.restore(checkpoint)

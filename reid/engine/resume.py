@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,36 @@ def resolve_resume_dir(resume: str, experiment_name: str) -> Path:
     return run_dir.resolve()
 
 
-def run_dir_resolver(resume: str | None, experiment_name: str, fresh_dir: str) -> str:
-    """Hydra's run directory: the resumed run's own directory, or a fresh one."""
-    if not resume:
-        return fresh_dir
-    return str(resolve_resume_dir(resume, experiment_name))
+PIPELINE_STATE = "PIPELINE.json"
+
+
+def find_unfinished_pipeline(experiment_name: str, pipeline_name: str, overrides: list[str],
+                             outputs: Path = OUTPUTS) -> Path | None:
+    """The newest unfinished run of the same pipeline command, which a rerun continues."""
+    root = outputs / experiment_name / "pipelines"
+    matches = []
+    for state_file in root.glob(f"*/{PIPELINE_STATE}") if root.is_dir() else []:
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("pipeline") == pipeline_name and state.get("overrides") == overrides \
+                and state.get("status") != "finished":
+            matches.append(state_file.parent)
+    return max(matches, key=lambda run: (run / PIPELINE_STATE).stat().st_mtime) if matches else None
+
+
+def run_dir_resolver(resume: str | None, experiment_name: str, stage_name: str, pipeline_name: str | None,
+                     overrides: Any) -> str:
+    """Hydra's run directory: a resumed run's own, an unfinished pipeline's own (same command), or a fresh one."""
+    if resume:
+        return str(resolve_resume_dir(resume, experiment_name))
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if pipeline_name:
+        overrides = [str(o) for o in overrides]
+        unfinished = find_unfinished_pipeline(experiment_name, pipeline_name, overrides)
+        return str(unfinished or OUTPUTS / experiment_name / "pipelines" / f"{stamp}_{pipeline_name}")
+    return str(OUTPUTS / experiment_name / "runs" / f"{stamp}_{stage_name}")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -185,6 +185,20 @@ class Trainer:
             self.state.best_metrics = dict(result.metrics)
             result.improved = True
 
+    def unfreeze_all(self, lr_factor: float) -> None:
+        """Make every parameter trainable; the newly trainable ones join the optimizer at `lr_factor` × its LR."""
+        known = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        self.model.set_freeze_level(0)
+        new = [p for p in self.model.trainable_parameters() if id(p) not in known]
+        if not new:
+            return
+        base_lr = self.scheduler.base_lrs[0] * lr_factor
+        self.optimizer.add_param_group({"params": new, "lr": base_lr * self.scheduler.lr_lambdas[0](
+            self.scheduler.last_epoch), "initial_lr": base_lr})
+        # The LR schedule drives the new group with the same factor as the first one.
+        self.scheduler.base_lrs.append(base_lr)
+        self.scheduler.lr_lambdas.append(self.scheduler.lr_lambdas[0])
+
     def request_stop(self, signum: int, frame: Any = None) -> None:
         """Signal handler: the first signal stops after the current step; a second one exits at once."""
         if self.stop_signal is not None:
@@ -221,6 +235,9 @@ class Trainer:
             "epochs_without_improvement": state.epoch - state.best_epoch if state.best_map is not None else 0,
             "history": state.history,
             "epoch_progress": None if progress is None else vars(progress).copy(),
+            "freeze_level": self.model.freeze_level,
+            "unfrozen_lr_factor": (self.optimizer.param_groups[-1]["initial_lr"] / self.scheduler.base_lrs[0]
+                                   if len(self.optimizer.param_groups) > 1 else None),
             "rng": capture_rng_state(),
             "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
             "config": config,
@@ -228,6 +245,9 @@ class Trainer:
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Load a checkpoint made by `checkpoint()`; the next `fit()` continues after its last step."""
+        if checkpoint["unfrozen_lr_factor"] is not None and len(self.optimizer.param_groups) == 1:
+            self.unfreeze_all(checkpoint["unfrozen_lr_factor"])  # the run had passed transfer_epochs
+        self.model.set_freeze_level(checkpoint["freeze_level"])
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
