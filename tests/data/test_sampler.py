@@ -1,0 +1,91 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from reid.data import PKSampler
+
+# 9 identities with 1..9 images: identities below k must be sampled with replacement
+PIDS = [pid for pid in range(9) for _ in range(pid + 1)]
+
+
+def _batches(sampler: PKSampler) -> list[list[int]]:
+    indices = list(sampler)
+    size = sampler.p * sampler.k
+    assert len(indices) == len(sampler) and len(indices) % size == 0
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def test_batches_hold_p_identities_with_k_images() -> None:
+    sampler = PKSampler(PIDS, p=3, k=4, seed=1)
+    # chunks per identity: max(1, n // 4) -> 1,1,1,1,1,1,1,2,2 = 11 -> 11 // 3 = 3 batches
+    assert len(sampler) == 3 * 12
+    for batch in _batches(sampler):
+        counts = Counter(PIDS[i] for i in batch)
+        assert len(counts) == 3 and set(counts.values()) == {4}
+
+
+def test_every_identity_and_image_is_covered() -> None:
+    pids = [pid for pid in range(20) for _ in range(8)]
+    sampler = PKSampler(pids, p=4, k=4)
+    assert len(sampler) == 160
+    indices = list(sampler)
+    assert sorted(indices) == list(range(160))
+
+
+def test_with_dataloader() -> None:
+    dataset = TensorDataset(torch.arange(len(PIDS)), torch.tensor(PIDS))
+    sampler = PKSampler(PIDS, p=2, k=3)
+    loader = DataLoader(dataset, batch_size=6, sampler=sampler, drop_last=True)
+    batches = list(loader)
+    assert len(batches) == len(sampler) // 6
+    for _, pids in batches:
+        assert sorted(Counter(pids.tolist()).values()) == [3, 3]
+
+
+def test_deterministic_per_epoch_without_global_rng() -> None:
+    sampler = PKSampler(PIDS, p=3, k=2, seed=5)
+    sampler.set_epoch(0)
+    epoch0 = list(sampler)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    assert list(sampler) == epoch0
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert epoch1 != epoch0
+    other = PKSampler(PIDS, p=3, k=2, seed=5)
+    other.set_epoch(1)
+    assert list(other) == epoch1
+    different_seed = PKSampler(PIDS, p=3, k=2, seed=6)
+    different_seed.set_epoch(1)
+    assert list(different_seed) != epoch1
+
+
+def test_state_round_trip() -> None:
+    sampler = PKSampler(PIDS, p=3, k=2, seed=7)
+    sampler.set_epoch(4)
+    state = sampler.state_dict()
+    assert all(type(v) is int for v in state.values())
+    state = json.loads(json.dumps(state))
+    restored = PKSampler(PIDS, p=3, k=2, seed=0)
+    restored.load_state_dict(state)
+    assert restored.epoch == 4 and restored.seed == 7
+    assert list(restored) == list(sampler)
+    with pytest.raises(ValueError, match="saved k=2 but this sampler has k=3"):
+        PKSampler(PIDS, p=3, k=3).load_state_dict(state)
+    with pytest.raises(ValueError, match="lacks keys"):
+        restored.load_state_dict({"p": 3})
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match="at least p=10 distinct identities.*has 9"):
+        PKSampler(PIDS, p=10, k=2)
+    with pytest.raises(ValueError, match="p=0"):
+        PKSampler(PIDS, p=0, k=2)
+    with pytest.raises(ValueError, match="k=0"):
+        PKSampler(PIDS, p=2, k=0)
+    with pytest.raises(ValueError, match="epoch=-1"):
+        PKSampler(PIDS, p=2, k=2).set_epoch(-1)
