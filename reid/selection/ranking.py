@@ -12,7 +12,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from reid.selection.records import FAILED_KINDS, DamagedRecord, RunCollection, RunSummary
+from reid.selection.records import (
+    BOOKKEEPING_PREFIXES,
+    FAILED_KINDS,
+    SAMPLED,
+    DamagedRecord,
+    RunCollection,
+    RunSummary,
+)
 
 RANK_METRICS = ("mAP", "rank1", "mINP")
 # After the leading metric, these decide ties, in order.
@@ -76,7 +83,8 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _differing(settings: list[dict[str, Any]]) -> list[str]:
-    keys = list(dict.fromkeys(key for setting in settings for key in setting))
+    keys = [key for key in dict.fromkeys(key for setting in settings for key in setting)
+            if not key.startswith(BOOKKEEPING_PREFIXES)]
     return [key for key in keys if len({repr(setting.get(key, "<unset>")) for setting in settings}) > 1]
 
 
@@ -88,7 +96,8 @@ def _label(setting: dict[str, Any], keys: list[str]) -> str:
 
 
 def variant_labels(runs: list[RunSummary]) -> dict[int, str]:
-    """Each run's variant: its recorded name, else the overrides that differ among the compared runs.
+    """Each run's variant: its recorded name, else the overrides that differ among the compared runs (also shown
+    for trials the sweep's sampler chose, named "sampled: ...").
 
     When the overrides do not tell runs apart (e.g. runs launched with different presets), the resolved
     hyperparameters that differ are used instead. Keyed by `id(run)`.
@@ -103,7 +112,11 @@ def variant_labels(runs: list[RunSummary]) -> dict[int, str]:
         settings = [_flatten(run.hyperparameters) for run in runs]
         keys = _differing(settings)
     for run, setting in zip(runs, settings):
-        labels[id(run)] = run.variant or (_label(setting, keys) if keys else "(same config)")
+        differing = _label(setting, keys) if keys else "(same config)"
+        if run.variant == SAMPLED:
+            labels[id(run)] = f"{SAMPLED}: {differing}"
+        else:
+            labels[id(run)] = run.variant or differing
     return labels
 
 
@@ -155,8 +168,16 @@ def rank_runs(collection: RunCollection, metric: str = "mAP") -> Ranking:
     return ranking
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _digits(a: float | None, b: float | None) -> int:
+    """Enough decimals (4 to 8) to show that two different figures differ."""
+    digits = 4
+    while a is not None and b is not None and a != b and _fmt(a, digits) == _fmt(b, digits) and digits < 8:
+        digits += 1
+    return digits
 
 
 def why_winner(ranking: Ranking) -> str:
@@ -168,14 +189,18 @@ def why_winner(ranking: Ranking) -> str:
     if runner_up is None:
         return f"It is the only ranked run (best {name} {_fmt(winner.metric(metric))})."
     count = len(ranking.ranked)
-    if winner.metric(metric) != runner_up.metric(metric):
-        return f"It has the highest best {name} ({_fmt(winner.metric(metric))}) of the {count} ranked runs."
+    mine, theirs = winner.metric(metric), runner_up.metric(metric)
+    if mine != theirs:
+        digits = _digits(mine, theirs)
+        return (f"It has the highest best {name} ({_fmt(mine, digits)}; runner-up {_fmt(theirs, digits)}) of the "
+                f"{count} ranked runs.")
     tied = [name]
     for tie_metric in TIE_BREAKS[metric]:
         mine, theirs = winner.metric(tie_metric), runner_up.metric(tie_metric)
         if mine != theirs:
+            digits = _digits(mine, theirs)
             return (f"It ties with {runner_up.label} on {' and '.join(tied)} and wins on "
-                    f"{METRIC_NAMES[tie_metric]} ({_fmt(mine)} vs {_fmt(theirs)}).")
+                    f"{METRIC_NAMES[tie_metric]} ({_fmt(mine, digits)} vs {_fmt(theirs, digits)}).")
         tied.append(METRIC_NAMES[tie_metric])
     if winner.epochs_trained != runner_up.epochs_trained:
         return (f"It ties with {runner_up.label} on {' and '.join(tied)} and wins on fewer epochs trained "
@@ -198,9 +223,13 @@ def margin_text(ranking: Ranking) -> str:
         parts = [f"Level with the runner-up ({runner_up.label}) on {METRIC_NAMES[metric]} ({_fmt(mine)} each); "
                  "the tie-break decided (see above)."]
     else:
-        relative = f", {100 * (mine - theirs) / theirs:.1f}% relative" if theirs > 0 else ""
-        parts = [f"Ahead of the runner-up ({runner_up.label}) by {mine - theirs:.4f} {METRIC_NAMES[metric]} "
-                 f"({_fmt(mine)} vs {_fmt(theirs)}{relative})."]
+        digits = _digits(mine, theirs)
+        relative = ""
+        if theirs > 0:
+            percent = 100 * (mine - theirs) / theirs
+            relative = f", {percent:.1f}% relative" if percent >= 0.1 else f", {percent:.2g}% relative"
+        parts = [f"Ahead of the runner-up ({runner_up.label}) by {_fmt(mine - theirs, digits)} {METRIC_NAMES[metric]} "
+                 f"({_fmt(mine, digits)} vs {_fmt(theirs, digits)}{relative})."]
     others = []
     for name in ("mAP", "rank1", "rank5"):
         if name == metric:

@@ -17,7 +17,15 @@ from typing import Any
 
 from reid.checkpoint import BEST_MODEL
 from reid.engine.record import CSV_COLUMNS, HISTORY_JSON, MODEL_INFO_JSON
-from reid.engine.stopping import DIVERGED, DIVERGED_SCORE, ERROR, OUT_OF_MEMORY
+from reid.engine.stopping import (
+    COMPLETED,
+    DIVERGED,
+    DIVERGED_SCORE,
+    EARLY_STOPPING,
+    ERROR,
+    INTERRUPTED,
+    OUT_OF_MEMORY,
+)
 from reid.errors import ReidError
 
 PRUNED = "pruned"
@@ -26,6 +34,10 @@ RUNNING = "running"
 FAILED_KINDS = frozenset({DIVERGED, ERROR, OUT_OF_MEMORY, PRUNED})
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 JOURNAL_SUFFIXES = (".log", ".journal")
+STOP_KINDS = FAILED_KINDS | {COMPLETED, EARLY_STOPPING, INTERRUPTED}
+# Override and config keys that say how a job was launched, not what it trained.
+BOOKKEEPING_PREFIXES = ("hydra.", "sweep_trial.")
+SAMPLED = "sampled"
 
 
 class SelectionError(ReidError, ValueError):
@@ -108,6 +120,11 @@ class RunCollection:
 
     def __len__(self) -> int:
         return len(self.runs) + len(self.damaged)
+
+
+def user_overrides(overrides: list[str]) -> list[str]:
+    """The overrides a person chose, without the ones a sweeper adds to link a job to its trial."""
+    return [item for item in overrides if not item.lstrip("+~").startswith(BOOKKEEPING_PREFIXES)]
 
 
 def parse_number(value: Any, key: str, where: str) -> float | None:
@@ -227,6 +244,7 @@ def summarize_model_info(info: Any, label: str, path: Path | None, where: str) -
     if not isinstance(overrides, list) or not all(isinstance(item, str) for item in overrides):
         notes.append(f"overrides={overrides!r} is not a list of strings; ignored")
         overrides = []
+    overrides = user_overrides(overrides)
     hyperparameters = info.get("hyperparameters", {})
     if not isinstance(hyperparameters, dict):
         notes.append("hyperparameters is not an object; ignored")
@@ -304,7 +322,7 @@ def _labels(run_dirs: list[Path]) -> dict[Path, str]:
 
 
 def load_run_dirs(roots: list[Path]) -> RunCollection:
-    """All records below the given directories."""
+    """All records below the given directories, with variant names from the sweep study that launched them."""
     run_dirs = find_run_dirs(roots)
     labels = _labels(run_dirs)
     collection = RunCollection(sources=[str(Path(root).resolve()) for root in roots])
@@ -314,7 +332,47 @@ def load_run_dirs(roots: list[Path]) -> RunCollection:
             collection.damaged.append(record)
         else:
             collection.runs.append(record)
+    attach_sweep_trials(collection.runs)
     return collection
+
+
+def _trial_link(run: RunSummary) -> tuple[str, str, int] | None:
+    """(storage, study, trial number) of a job launched by the reid Optuna sweeper (its `sweep_trial` config)."""
+    link = run.hyperparameters.get("sweep_trial")
+    if not isinstance(link, dict):
+        return None
+    storage, study, number = link.get("storage"), link.get("study_name"), link.get("trial_number")
+    if isinstance(storage, str) and storage and isinstance(study, str) and study and isinstance(number, int):
+        return storage, study, number
+    return None
+
+
+def attach_sweep_trials(runs: list[RunSummary]) -> None:
+    """Give sweep jobs found as directories their trial's variant name, read from the study they name."""
+    import optuna
+
+    linked: dict[tuple[str, str], list[tuple[RunSummary, int]]] = {}
+    for run in runs:
+        link = _trial_link(run)
+        if link is not None and run.variant is None:
+            linked.setdefault(link[:2], []).append((run, link[2]))
+    for (storage, study_name), members in linked.items():
+        if "://" not in storage and not Path(storage).is_file():
+            for run, _ in members:
+                run.notes.append(f"variant name unknown: its sweep's study storage {storage} no longer exists")
+            continue
+        try:
+            study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+            trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+        except Exception as exc:  # any unreadable storage only costs the variant names, never the selection
+            for run, _ in members:
+                run.notes.append(f"variant name unknown: study {study_name!r} in {storage} cannot be read ({exc})")
+            continue
+        for run, number in members:
+            trial = trials.get(number)
+            if trial is not None and trial.user_attrs.get("variant"):
+                run.variant = str(trial.user_attrs["variant"])
+                run.trial_number = number
 
 
 def open_storage(spec: str) -> Any:
@@ -341,11 +399,14 @@ def open_storage(spec: str) -> Any:
 
 
 def _trial_stop(attrs: dict[str, Any]) -> tuple[str | None, str]:
-    reason = attrs.get("stopping_reason")
-    if isinstance(reason, dict) and isinstance(reason.get("kind"), str):
-        return reason["kind"], str(reason.get("message") or reason["kind"])
-    if isinstance(reason, str) and reason:
-        return reason, reason
+    """The stop kind and message a sweeper recorded: a {kind, message} object, or text like 'diverged: ...'."""
+    for key in ("fail_reason", "stopping_reason"):
+        reason = attrs.get(key)
+        if isinstance(reason, dict) and isinstance(reason.get("kind"), str):
+            return reason["kind"], str(reason.get("message") or reason["kind"])
+        if isinstance(reason, str) and reason:
+            prefix = reason.split(":", 1)[0].strip()
+            return (prefix if prefix in STOP_KINDS else None), reason
     return None, ""
 
 
@@ -391,11 +452,13 @@ def summarize_trial(trial: Any) -> RunSummary | DamagedRecord:
     record.trial_number = trial.number
     if attrs.get("variant"):
         record.variant = str(attrs["variant"])
+    if isinstance(attrs.get("overrides"), list) and all(isinstance(item, str) for item in attrs["overrides"]):
+        record.overrides = user_overrides(attrs["overrides"])
     kind, message = _trial_stop(attrs)
     if trial.state == state.PRUNED:
-        record.stop_kind, record.status = PRUNED, PRUNED
-        own_message = kind == PRUNED and message != PRUNED
-        record.stop_message = message if own_message else f"pruned by the sweep (trial {trial.number})"
+        if record.stop_kind != PRUNED:
+            record.stop_message = message or f"pruned by the sweep (trial {trial.number})"
+        record.stop_kind = record.status = PRUNED
     elif trial.state == state.FAIL and record.stop_kind not in FAILED_KINDS:
         record.stop_kind = kind if kind in FAILED_KINDS else ERROR
         record.stop_message = message or "the trial failed (Optuna state FAIL)"
@@ -426,6 +489,8 @@ def load_study(storage: str, study_name: str | None) -> RunCollection:
     study = optuna.load_study(study_name=study_name, storage=handle)
     collection = RunCollection(sources=[f"Optuna study {study_name!r} in {storage}"])
     for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get("stale"):
+            continue  # an attempt whose sweep process died; the sweeper enqueued its retry as another trial
         record = summarize_trial(trial)
         if isinstance(record, DamagedRecord):
             collection.damaged.append(record)

@@ -18,6 +18,7 @@ from reid.selection.ranking import METRIC_NAMES, TIE_BREAKS, Ranking, improvemen
 from reid.selection.records import RunSummary
 
 REPORT_STEM = "BEST_MODEL_SELECTION"
+NO_MODEL_PATH = "This run is known only from the Optuna study; the location of its best_model.pth was not recorded."
 TABLE_COLUMNS = ("rank", "run", "variant", "mAP", "R1", "R5", "best epoch", "epochs", "stopping reason", "time")
 NUMERIC_COLUMNS = {"rank", "mAP", "R1", "R5", "best epoch", "epochs", "time"}
 CSV_COLUMNS = ("rank", "group", "run", "variant", "status", "mAP", "rank1", "rank5", "rank10", "mINP", "best_epoch",
@@ -81,6 +82,12 @@ def deployment_snippet(best_model: Path) -> list[str]:
     ]
 
 
+def _distance_hint(run: RunSummary) -> str:
+    data = run.hyperparameters.get("data")
+    distance = data.get("distance") if isinstance(data, dict) else None
+    return f"compare embeddings by {distance or 'euclidean'} distance, as the run was evaluated."
+
+
 def rule_text(metric: str) -> str:
     ties = ", then to the higher ".join(METRIC_NAMES[name] for name in TIE_BREAKS[metric])
     return (f"best {METRIC_NAMES[metric]} (at each run's best-mAP epoch); ties go to the higher {ties}, "
@@ -95,7 +102,9 @@ def _counts(ranking: Ranking) -> str:
 def _winner_facts(run: RunSummary) -> str:
     figures = ", ".join(f"{METRIC_NAMES.get(name, name)} {_figure(run.metric(name))}"
                         for name in ("mAP", "rank1", "rank5", "mINP") if run.metric(name) is not None)
-    return f"{figures} at epoch {run.best_epoch} (trained {_epochs(run)} epochs; {_stop_column(run)})"
+    at = f" at epoch {run.best_epoch}" if run.best_epoch is not None else ""
+    trained = f"trained {_epochs(run)} epochs; " if run.epochs_trained is not None else ""
+    return f"{figures}{at} ({trained}{_stop_column(run)})"
 
 
 def _fixed_width(header: tuple[str, ...], rows: list[dict[str, str]], indent: str = "  ") -> list[str]:
@@ -112,10 +121,9 @@ def _excluded_rows(ranking: Ranking) -> list[dict[str, str]]:
     rows = []
     for group, items in (("failed", ranking.failed), ("not yet ranked", ranking.pending)):
         for run, reason in items:
+            finite = run.best_map is not None and math.isfinite(run.best_map)
             rows.append({"run": run.label, "variant": ranking.variant(run), "group": group, "reason": reason,
-                         "best mAP so far": _figure(run.best_map if run.best_map is None or math.isfinite(run.best_map)
-                                                    else None),
-                         "path": str(run.path) if run.path else "-"})
+                         "best mAP so far": _figure(run.best_map if finite else None)})
     return rows
 
 
@@ -141,9 +149,9 @@ def render_text(ranking: Ranking) -> str:
             lines += [f"  Best model: {winner.best_model}",
                       "  Load it and embed an image (Python; weights_only=True runs no pickled code):"]
             lines += [f"    {line}" for line in deployment_snippet(winner.best_model)]
-            lines.append("  `embedding` is a (1, feature_dim) tensor; compare embeddings by euclidean distance.")
+            lines.append(f"  `embedding` is a (1, feature_dim) tensor; {_distance_hint(winner)}")
         else:
-            lines.append("  This run is known only from the Optuna study; its best_model.pth location was not recorded.")
+            lines.append(f"  {NO_MODEL_PATH}")
         lines.append("")
     excluded = _excluded_rows(ranking)
     if excluded:
@@ -186,9 +194,10 @@ def render_markdown(ranking: Ranking) -> str:
         if winner.best_model is not None:
             lines += [f"Best model: `{winner.best_model}`", "",
                       "Load it (`weights_only=True` runs no pickled code) and embed an image:", "", "```python",
-                      *deployment_snippet(winner.best_model), "```", ""]
+                      *deployment_snippet(winner.best_model), "```", "",
+                      f"`embedding` is a (1, feature_dim) tensor; {_distance_hint(winner)}", ""]
         else:
-            lines += ["This run is known only from the Optuna study; its best_model.pth location was not recorded.", ""]
+            lines += [NO_MODEL_PATH, ""]
     excluded = _excluded_rows(ranking)
     if excluded:
         lines += ["## Not ranked (failed, pruned, diverged, or no evaluation yet)", "",
@@ -244,6 +253,7 @@ def render_plot(ranking: Ranking) -> bytes:
     """mAP per epoch of every run on one figure, the winner drawn thick and named; PNG bytes (Agg backend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(9, 5.5), dpi=110)
     FigureCanvasAgg(figure)
@@ -273,6 +283,8 @@ def render_plot(ranking: Ranking) -> bytes:
         axes.legend(handles, labels, fontsize="small", loc="best")
     else:
         axes.text(0.5, 0.5, "no evaluation recorded yet", ha="center", va="center", transform=axes.transAxes)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.margins(y=0.12)
     axes.set_xlabel("epoch")
     axes.set_ylabel("mAP")
     axes.set_title(f"mAP per epoch, {drawn} run(s); winner highlighted")
