@@ -12,7 +12,7 @@ import inspect
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
@@ -89,6 +89,8 @@ class SweepTrialConfig:
 class ReidConfig:
     """The top-level schema; `_target_` groups stay open dicts and are checked by `validate_targets`."""
 
+    # `sweep` is an optional group (conf/sweep -> sweeps/), so `--multirun sweep=plateau` needs no `+`.
+    defaults: List[Any] = field(default_factory=lambda: [{"sweep": None}, "_self_"])
     experiment_name: str = "default"
     dataset: Any = None
     backbone: Any = None
@@ -207,6 +209,16 @@ def validate_targets(cfg: DictConfig, provided: dict[str, tuple[str, ...]] = PRO
             raise ConfigError(f"data.{name}={cfg.data[name]}: expected an integer >= 1")
 
 
+def flatten_config(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested plain dicts as {"dotted.key": leaf value}, the form overrides and config diffs speak."""
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
 def as_plain_dict(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain python containers (safe for JSON and `weights_only` checkpoints)."""
     return typing.cast(dict, OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
@@ -223,4 +235,5 @@ __all__ = [
     "validate_targets",
     "check_target_node",
     "as_plain_dict",
+    "flatten_config",
 ]

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from reid.checkpoint import LAST_CHECKPOINT, atomic_write_text
+from reid.config import flatten_config
 from reid.engine.resume import PIPELINE_STATE
 from reid.errors import ConfigError
 
@@ -39,18 +40,15 @@ def _is_pipeline_override(override: str) -> bool:
     return override.lstrip("+~").startswith("pipeline")
 
 
-def _flatten(node: Any, prefix: str = "") -> list[str]:
-    if isinstance(node, dict):
-        return [item for key, value in node.items() for item in _flatten(value, f"{prefix}{key}.")]
-    value = json.dumps(node) if isinstance(node, (list, str)) else ("null" if node is None else str(node))
-    return [f"{prefix[:-1]}={value}"]
+def _override_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, str)) else ("null" if value is None else str(value))
 
 
 def stage_overrides(cfg: DictConfig, base: list[str], stage: str, init_from: Path | None) -> list[str]:
     """The overrides of one stage: the command's own, the stage preset, then `pipeline.<stage>.*` keys."""
     node = cfg.pipeline.get(stage)
     own = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    overrides = [*base, f"stage={stage}", *_flatten(own)]
+    overrides = [*base, f"stage={stage}", *(f"{k}={_override_value(v)}" for k, v in flatten_config(own).items())]
     if init_from is not None:
         overrides.append(f"stage.init_from={init_from}")
     return overrides

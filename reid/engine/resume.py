@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from reid.checkpoint import LAST_CHECKPOINT
+from reid.config import flatten_config
 from reid.errors import ConfigError
 
 OUTPUTS = Path("outputs")
@@ -80,18 +81,9 @@ def run_dir_resolver(resume: str | None, experiment_name: str, stage_name: str, 
     return str(OUTPUTS / experiment_name / "runs" / f"{stamp}_{stage_name}")
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: node}
-
-
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Keys whose values differ between the checkpoint's config and the current one: {key: {old, new}}."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten_config(saved), flatten_config(current)
     keys = sorted((set(old) | set(new)) - set(RESUME_KEYS))
     return {key: {"old": old.get(key), "new": new.get(key)} for key in keys if old.get(key) != new.get(key)}
 

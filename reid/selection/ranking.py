@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from reid.config import flatten_config
 from reid.selection.records import (
     BOOKKEEPING_PREFIXES,
     FAILED_KINDS,
@@ -73,15 +74,6 @@ def parse_override(item: str) -> tuple[str, str]:
     return key.lstrip("+~"), value
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: node}
-
-
 def _differing(settings: list[dict[str, Any]]) -> list[str]:
     keys = [key for key in dict.fromkeys(key for setting in settings for key in setting)
             if not key.startswith(BOOKKEEPING_PREFIXES)]
@@ -109,7 +101,7 @@ def variant_labels(runs: list[RunSummary]) -> dict[int, str]:
     keys = _differing(overrides)
     settings = overrides
     if not keys:
-        settings = [_flatten(run.hyperparameters) for run in runs]
+        settings = [flatten_config(run.hyperparameters) for run in runs]
         keys = _differing(settings)
     for run, setting in zip(runs, settings):
         differing = _label(setting, keys) if keys else "(same config)"
