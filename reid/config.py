@@ -114,7 +114,6 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("reid_run_dir", run_dir_resolver, use_cache=True)
     store = ConfigStore.instance()
     store.store(name="reid_schema", node=ReidConfig)
-    store.store(group="trainer", name="trainer_schema", node=TrainerConfig)
 
 
 def _type_matches(value: Any, annotation: Any) -> bool:
