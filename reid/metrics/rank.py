@@ -37,12 +37,14 @@ _MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
 # Peak bytes per distance-matrix element inside a block: the int64 positive counts plus
 # masks, or, on the sparse path, candidate index/value tensors when most items qualify.
 _BYTES_PER_ELEMENT = 64
-# The sparse path costs ~this many dense elements per candidate and positive; it is used
-# when fewer items than that break-even rank before a block's last positives.
+# A query takes the sparse path when (items up to its last positive) x (its positives) x
+# this ratio is below the gallery size: the measured break-even against the dense path.
 _SPARSE_COST_RATIO = 1.0
-# Up to this many positives per query, the dense path counts them with one comparison
-# pass each; beyond it, a batched binary search is cheaper.
-_MAX_COMPARISON_PASSES = 20
+# Up to this many positives per query the dense path counts them with broadcast
+# comparisons, _COMPARISON_GROUP positives per pass; beyond it a batched binary search is
+# cheaper.
+_MAX_COMPARISON_PASSES = 24
+_COMPARISON_GROUP = 4
 # Gallery columns sampled to estimate how many items rank before a query's last positive.
 _SAMPLE_COLUMNS = 1024
 
@@ -325,17 +327,18 @@ def _negatives_before_dense(
 def _positives_at_or_below(dist: torch.Tensor, pos_d: torch.Tensor) -> torch.Tensor:
     """For every item, the number of sorted positive distances (row of ``pos_d``) <= it.
 
-    With few positives, one vectorised comparison pass per positive into a uint8 counter
-    is about twice as fast as a batched binary search; with many, the search wins.
+    With few positives, broadcast comparisons against a group of positives at a time,
+    summed into a uint8 counter, beat a batched binary search (whose branches are
+    unpredictable); grouping keeps the number of kernel launches low, which matters when
+    the CPU is shared. With many positives the search wins.
     """
     p = pos_d.shape[1]
     if p > _MAX_COMPARISON_PASSES:
         return torch.searchsorted(pos_d, dist, right=True)
     count = torch.zeros(dist.shape, dtype=torch.uint8)
-    at_or_above = torch.empty(dist.shape, dtype=torch.bool)
-    for j in range(p):
-        torch.ge(dist, pos_d[:, j : j + 1], out=at_or_above)
-        count.add_(at_or_above)
+    for j in range(0, p, _COMPARISON_GROUP):
+        group = pos_d[:, j : j + _COMPARISON_GROUP, None]
+        count.add_((dist[:, None, :] >= group).sum(1, dtype=torch.uint8))
     return count.long()
 
 

@@ -314,3 +314,13 @@ def test_nan_distance_raises(path):
     distmat = np.array([[0.1, np.nan, 0.3]])
     with pytest.raises(ValueError, match="NaN"):
         evaluate_rank(distmat, [1], [1, 2, 1], [0], [1, 1, 2], max_rank=3)
+
+
+def test_benchmark_runs_and_agrees_on_a_tiny_problem(capsys):
+    from reid.metrics.benchmark import main
+
+    main(["--num-query", "40", "--num-gallery", "300", "--num-ids", "20", "--dim", "32",
+          "--repeats", "1", "--reference", "--reference-queries", "10", "--metric", "cosine"])
+    out = capsys.readouterr().out
+    assert "(b) evaluate_rank" in out
+    assert "(OK)" in out
