@@ -1,0 +1,149 @@
+"""The sweeper's config schema, with samplers and pruners as config groups.
+
+Keys follow the stock hydra-optuna-sweeper (sampler, direction, storage, study_name, n_trials, n_jobs,
+max_failure_rate, params, custom_search_space), so its sweep files work after changing the
+`override hydra/sweeper:` line; `pruner` and `variants` are this sweeper's additions.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class TPESamplerConfig:
+    """optuna.samplers.TPESampler; arguments Optuna 4.9+ deprecates are left out."""
+
+    _target_: str = "optuna.samplers.TPESampler"
+    seed: Optional[int] = None
+    n_startup_trials: int = 10
+    n_ei_candidates: int = 24
+    multivariate: Optional[bool] = None
+    constant_liar: bool = True
+
+
+@dataclass
+class RandomSamplerConfig:
+    _target_: str = "optuna.samplers.RandomSampler"
+    seed: Optional[int] = None
+
+
+@dataclass
+class CmaEsSamplerConfig:
+    """optuna.samplers.CmaEsSampler; needs float/int parameters (categoricals are sampled independently)."""
+
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    seed: Optional[int] = None
+    x0: Optional[Dict[str, Any]] = None
+    sigma0: Optional[float] = None
+    n_startup_trials: int = 1
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class GridSamplerConfig:
+    """optuna.samplers.GridSampler; `search_space` null means the grid of the sweep's choice/range params."""
+
+    _target_: str = "optuna.samplers.GridSampler"
+    search_space: Optional[Dict[str, Any]] = None
+    seed: Optional[int] = None
+
+
+@dataclass
+class NSGAIISamplerConfig:
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    seed: Optional[int] = None
+    population_size: int = 50
+    mutation_prob: Optional[float] = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+
+
+@dataclass
+class MedianPrunerConfig:
+    """Prune a trial whose mAP at an epoch is below the median of earlier trials at that epoch."""
+
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class PercentilePrunerConfig:
+    _target_: str = "optuna.pruners.PercentilePruner"
+    percentile: float = 25.0
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class HyperbandPrunerConfig:
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+    bootstrap_count: int = 0
+
+
+@dataclass
+class SuccessiveHalvingPrunerConfig:
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+
+
+@dataclass
+class NopPrunerConfig:
+    """No pruning: every trial trains to its end."""
+
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class ReidOptunaSweeperConfig:
+    """`hydra.sweeper` for `override hydra/sweeper: reid_optuna`."""
+
+    _target_: str = "hydra_plugins.reid_optuna_sweeper.sweeper.ReidOptunaSweeper"
+    # Samplers and pruners are built by the sweeper (the grid needs the parsed params), not by Hydra.
+    _recursive_: bool = False
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
+    sampler: Any = MISSING
+    pruner: Any = MISSING
+    # reid.train returns the best mAP, so a sweep maximizes by default.
+    direction: str = "maximize"
+    # A journal file path or a database URL; null means outputs/<experiment>/optuna/<study_name>.journal.
+    storage: Optional[str] = None
+    # null means "<experiment_name>-<sweep option>" (e.g. plateau_demo-plateau).
+    study_name: Optional[str] = None
+    # Trials of the whole study, however many processes share it and however often it is resumed.
+    n_trials: int = 20
+    # Trials handed to the launcher at once.
+    n_jobs: int = 1
+    # The sweep stops once failed trials exceed this fraction of n_trials.
+    max_failure_rate: float = 0.25
+    params: Optional[Dict[str, str]] = None
+    # "module.function" called as function(cfg, trial) to suggest more parameters.
+    custom_search_space: Optional[str] = None
+    # A named variant set (reid.sweep.variants), enqueued once per study before the sampler's trials.
+    variants: Optional[str] = None
+
+
+SAMPLERS = {"tpe": TPESamplerConfig, "random": RandomSamplerConfig, "cmaes": CmaEsSamplerConfig,
+            "grid": GridSamplerConfig, "nsgaii": NSGAIISamplerConfig}
+PRUNERS = {"median": MedianPrunerConfig, "percentile": PercentilePrunerConfig, "hyperband": HyperbandPrunerConfig,
+           "successive_halving": SuccessiveHalvingPrunerConfig, "none": NopPrunerConfig}
+
+store = ConfigStore.instance()
+store.store(group="hydra/sweeper", name="reid_optuna", node=ReidOptunaSweeperConfig, provider="reid_optuna_sweeper")
+for _name, _node in SAMPLERS.items():
+    store.store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="reid_optuna_sweeper")
+for _name, _node in PRUNERS.items():
+    store.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="reid_optuna_sweeper")

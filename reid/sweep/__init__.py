@@ -1,0 +1,1 @@
+"""Optuna sweeps over `reid.train`: search space, named variants, the sweep loop, the jobs' pruning hook."""

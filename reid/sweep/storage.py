@@ -1,0 +1,114 @@
+"""Where a study lives, and the lock that lets several sweep processes share it.
+
+A storage is either a path (a journal file, safe for many processes on one machine) or a database URL
+(`sqlite:///...`, `postgresql://...`; PostgreSQL for workers on several machines). The sweeper and every
+training job open the study from the same string, so pruning works whichever process runs the job.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+from reid.errors import ConfigError
+
+JOURNAL_SUFFIX = ".journal"
+
+
+def default_storage(experiment_name: str, study_name: str) -> str:
+    """A journal file under outputs/, so a sweep needs no set-up and parallel local workers are safe."""
+    return str((Path("outputs") / experiment_name / "optuna" / f"{study_name}{JOURNAL_SUFFIX}").resolve())
+
+
+def is_url(storage: str) -> bool:
+    return "://" in storage
+
+
+def normalize_storage(storage: str) -> str:
+    """The storage string every process can open: file paths made absolute, URLs kept as written."""
+    if not storage:
+        raise ConfigError("hydra.sweeper.storage is empty: expected a journal file path or a database URL")
+    if is_url(storage):
+        dialect = storage.split("://", 1)[0].split("+", 1)[0]
+        if dialect not in ("sqlite", "postgresql"):
+            raise ConfigError(f"hydra.sweeper.storage={storage!r}: expected a journal file path, sqlite:///... or "
+                              f"postgresql://... (got the {dialect!r} scheme)")
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+def open_storage(storage: str) -> BaseStorage:
+    """An Optuna storage for a normalized storage string."""
+    if is_url(storage):
+        return RDBStorage(storage)
+    path = Path(storage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _sqlite_path(url: str) -> Path:
+    return Path(url.split(":///", 1)[1]).resolve()
+
+
+@contextmanager
+def study_lock(storage: str, study_name: str) -> Iterator[None]:
+    """Serialize the sweep processes' bookkeeping (enqueueing variants, counting and asking trials).
+
+    Files (journal, sqlite) use an advisory file lock next to them; PostgreSQL uses an advisory lock, which
+    works across machines. Training itself runs outside the lock.
+    """
+    if is_url(storage) and storage.startswith("postgresql"):
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+        engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        engine.dispose()
+        return
+    path = _sqlite_path(storage) if is_url(storage) else Path(storage)
+    lock_path = path.with_name(f"{path.name}.{study_name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+PRUNER_ATTR = "reid_pruner"
+
+
+def open_trial(storage: str, study_name: str, trial_number: int) -> optuna.Trial:
+    """The running trial `trial_number`, opened by a training job to report mAP and ask about pruning.
+
+    The job builds the pruner the sweeper recorded in the study, so it prunes as the sweep was configured
+    whichever process it runs in.
+    """
+    from hydra.utils import instantiate
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
+                                  sampler=optuna.samplers.RandomSampler())
+    except KeyError as exc:
+        raise ConfigError(f"sweep_trial.study_name={study_name!r}: no such study in {storage}") from exc
+    spec = study.user_attrs.get(PRUNER_ATTR)
+    study.pruner = instantiate(spec) if spec else optuna.pruners.NopPruner()
+    for frozen in study.get_trials(deepcopy=False):
+        if frozen.number == trial_number:
+            return optuna.Trial(study, frozen._trial_id)
+    raise ConfigError(f"sweep_trial.trial_number={trial_number}: study {study_name!r} in {storage} has no such trial")
