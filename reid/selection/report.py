@@ -117,11 +117,17 @@ def _fixed_width(header: tuple[str, ...], rows: list[dict[str, str]], indent: st
     return [line({c: c for c in header}), indent + "  ".join("-" * widths[c] for c in header)] + [line(r) for r in rows]
 
 
+def _left_out_group(run: Any) -> str:
+    """"pruned" or "diverged" when that is how the run ended, else "failed"."""
+    return run.stop_kind if run.stop_kind in ("pruned", "diverged") else "failed"
+
+
 def _excluded_rows(ranking: Ranking) -> list[dict[str, str]]:
     rows = []
-    for group, items in (("failed", ranking.failed), ("not yet ranked", ranking.pending)):
+    for pending, items in ((False, ranking.failed), (True, ranking.pending)):
         for run, reason in items:
             finite = run.best_map is not None and math.isfinite(run.best_map)
+            group = "not yet ranked" if pending else _left_out_group(run)
             rows.append({"run": run.label, "variant": ranking.variant(run), "group": group, "reason": reason,
                          "best mAP so far": _figure(run.best_map if finite else None)})
     return rows
@@ -216,7 +222,8 @@ def results_frame(ranking: Ranking) -> pd.DataFrame:
     """One row per run (ranked, left out, damaged), in rank order."""
     positions = {id(run): position for position, run in enumerate(ranking.ranked, start=1)}
     reasons = {id(run): reason for run, reason in ranking.failed + ranking.pending}
-    groups = {id(run): "failed" for run, _ in ranking.failed} | {id(run): "pending" for run, _ in ranking.pending}
+    groups = {id(run): _left_out_group(run) for run, _ in ranking.failed} | {id(run): "pending"
+                                                                          for run, _ in ranking.pending}
     rows: list[dict[str, Any]] = []
     for run in ranking.all_runs():
         rows.append({

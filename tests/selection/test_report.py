@@ -58,7 +58,7 @@ def test_text_report_names_the_winner_and_tabulates_every_run(sweep):
     assert f"  Best model: {sweep / '1' / 'best_model.pth'}" in lines
     assert [f"    {line}" for line in deployment_snippet(sweep / "1" / "best_model.pth")] == lines[
         lines.index("  Best model: " + str(sweep / "1" / "best_model.pth")) + 2:][:3]
-    assert "  2    optimizer.lr=1.0  failed  -                diverged: loss=nan at epoch 2, step 1" in lines
+    assert "  2    optimizer.lr=1.0  diverged  -                diverged: loss=nan at epoch 2, step 1" in lines
     assert (f"  3 ({sweep / '3'}): model_info.json is not valid JSON (Expecting property name enclosed in double "
             "quotes at line 1, column 2)") in lines
 
@@ -73,14 +73,14 @@ def test_markdown_report_has_the_same_table(sweep):
         "| 1 | 1 | optimizer.lr=0.01 | 0.7200 | 0.8000 | 0.9000 | 4 | 4/4 | completed | 1m15s |",
         "| 2 | 0 | optimizer.lr=0.001 | 0.6100 | 0.7500 | 0.8000 | 3 | 4/4 | completed | 12.0s |",
     ]
-    assert "| 2 | optimizer.lr=1.0 | failed | - | diverged: loss=nan at epoch 2, step 1 |" in lines
+    assert "| 2 | optimizer.lr=1.0 | diverged | - | diverged: loss=nan at epoch 2, step 1 |" in lines
     assert "```python" in lines and deployment_snippet(sweep / "1" / "best_model.pth")[1] in lines
 
 
 def test_csv_has_one_row_per_run(sweep):
     frame = pd.read_csv(_report(sweep)["csv"])
     assert list(frame["run"].astype(str)) == ["1", "0", "2", "3"]
-    assert list(frame["group"]) == ["ranked", "ranked", "failed", "damaged"]
+    assert list(frame["group"]) == ["ranked", "ranked", "diverged", "damaged"]
     assert list(frame["rank"].iloc[:2]) == [1, 2] and frame["rank"].iloc[2:].isna().all()
     assert list(frame["mAP"].iloc[:2]) == [0.72, 0.61] and pd.isna(frame["mAP"].iloc[2])
     assert list(frame["winner"]) == [True, False, False, False]
