@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from reid.checkpoint import LAST_CHECKPOINT, atomic_write_text
 from reid.config import flatten_config
+from reid.engine.record import read_model_info
 from reid.engine.resume import PIPELINE_STATE
 from reid.errors import ConfigError
 
@@ -55,10 +56,7 @@ def stage_overrides(cfg: DictConfig, base: list[str], stage: str, init_from: Pat
 
 
 def _status(stage_dir: Path) -> str | None:
-    try:
-        return json.loads((stage_dir / "model_info.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
+    return (read_model_info(stage_dir) or {}).get("status")
 
 
 @contextmanager
@@ -150,7 +148,9 @@ class Pipeline:
         return value
 
     def _record_result(self, stage: str, stage_dir: Path) -> dict[str, Any]:
-        info = json.loads((stage_dir / "model_info.json").read_text())
+        info = read_model_info(stage_dir)
+        if info is None:
+            raise RuntimeError(f"stage run {stage_dir} ended without a readable model_info.json")
         result = {"run_dir": str(stage_dir.resolve()), "status": info["status"], "best_map": info["best_map"],
                   "best_epoch": info["best_epoch"], "epochs_trained": info["epochs_trained"],
                   "stopping_reason": info["stopping_reason"]["message"]}

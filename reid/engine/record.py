@@ -48,6 +48,14 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def read_model_info(run_dir: Path) -> dict[str, Any] | None:
+    """A run's model_info.json, or None when it is missing or unreadable (a run killed before its first write)."""
+    try:
+        return json.loads((Path(run_dir) / MODEL_INFO_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
 
@@ -84,7 +92,6 @@ def resume_command(info: dict[str, Any]) -> str:
 
 def recommendation(stop: StopReason, info: dict[str, Any]) -> str:
     """What to do next, given how the run ended."""
-    run_dir = info["run_dir"]
     still_improving = info.get("still_improving", False)
     if stop.kind == DIVERGED:
         return ("The loss became NaN/Inf. Lower the learning rate (e.g. optimizer.lr=<half of now>) or clip "
@@ -147,10 +154,7 @@ class RunRecord:
 
     def continue_from(self, epoch: int, global_step: int, changes: dict[str, Any]) -> None:
         """Carry the existing record of a resumed run forward and log this resume in it."""
-        try:
-            previous = json.loads((self.run_dir / MODEL_INFO_JSON).read_text())
-        except (OSError, ValueError):
-            previous = {}
+        previous = read_model_info(self.run_dir) or {}
         self.info["timings"]["started"] = previous.get("timings", {}).get("started", self.info["timings"]["started"])
         self.previous_seconds = float(previous.get("timings", {}).get("total_seconds") or 0.0)
         self.info["resumes"] = list(previous.get("resumes", [])) + [{

@@ -9,6 +9,7 @@ from typing import Any
 
 from reid.checkpoint import LAST_CHECKPOINT
 from reid.config import flatten_config
+from reid.engine.record import read_model_info
 from reid.errors import ConfigError
 
 OUTPUTS = Path("outputs")
@@ -17,11 +18,7 @@ RESUME_KEYS = ("trainer.resume", "trainer.resume_allow_changes")
 
 
 def _finished(run_dir: Path) -> bool:
-    try:
-        info = json.loads((run_dir / "model_info.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("status") == "finished"
+    return (read_model_info(run_dir) or {}).get("status") == "finished"
 
 
 def find_latest_run(experiment_name: str, outputs: Path = OUTPUTS) -> Path:

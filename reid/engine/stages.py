@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from omegaconf import DictConfig
 
 from reid.checkpoint import BEST_MODEL
 from reid.engine.hooks import Hook
+from reid.engine.record import read_model_info
 from reid.engine.resume import OUTPUTS
 from reid.errors import ConfigError
 
@@ -30,19 +30,12 @@ class StageStart:
     lineage: dict[str, Any] | None = None
 
 
-def _read_info(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / "model_info.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def find_parent_run(experiment_name: str, parent_stage: str, outputs: Path = OUTPUTS) -> Path:
     """The newest finished run of `parent_stage` in this experiment."""
     root = outputs / experiment_name
     finished = []
     for info_file in root.rglob("model_info.json") if root.is_dir() else []:
-        info = _read_info(info_file.parent)
+        info = read_model_info(info_file.parent)
         if info and info.get("stage") == parent_stage and info.get("status") == "finished" \
                 and (info_file.parent / BEST_MODEL).is_file():
             finished.append((info.get("timings", {}).get("ended") or "", info_file.parent))
@@ -71,7 +64,7 @@ def resolve_stage_start(cfg: DictConfig) -> StageStart:
         init_path = parent_dir / BEST_MODEL
     else:
         return StageStart()
-    info = _read_info(parent_dir) or {}
+    info = read_model_info(parent_dir) or {}
     lineage = {
         "init_from": str(init_path.resolve()),
         "parent_run": str(parent_dir.resolve()) if info else None,
