@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -23,10 +25,6 @@ class Loaders:
 
 def _seed_worker(worker_id: int) -> None:
     """Give numpy and python in each worker a seed derived from torch's, which the loader's generator sets."""
-    import random
-
-    import numpy as np
-
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -162,9 +162,12 @@ class Trainer:
             output = self.model(images, pids)
             losses = self.criterion(output, pids)
         total = losses["total"]
-        value = float(total.detach())
-        if not math.isfinite(value):
-            raise TrainingDiverged(value, epoch, step)
+        # One device sync per step: the loss parts and the correct count come back together.
+        correct = (output.logits.detach().argmax(dim=1) == pids).sum()
+        *values, batch_correct = torch.stack([*(v.detach().float() for v in losses.values()), correct.float()]).tolist()
+        figures = dict(zip(losses, values))
+        if not math.isfinite(figures["total"]):
+            raise TrainingDiverged(figures["total"], epoch, step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.grad_clip:
@@ -172,8 +175,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        correct = int((output.logits.detach().argmax(dim=1) == pids).sum())
-        return {key: float(v.detach()) for key, v in losses.items()}, correct
+        return figures, int(batch_correct)
 
     def _track_best(self, result: EpochResult) -> None:
         if result.metrics is None:
