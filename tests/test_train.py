@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +21,13 @@ SMOKE = ["experiment=smoke"]
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, data_dir) -> tuple[Path, object]:
+def smoke_run(tmp_path_factory, data_dir) -> Iterator[tuple[Path, object]]:
     """One real smoke run shared by the record tests."""
     cwd = tmp_path_factory.mktemp("smoke")
     result = run_train(SMOKE, cwd, data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    return only_run_dir(cwd), result
+    yield only_run_dir(cwd), result
+    shutil.rmtree(cwd, ignore_errors=True)
 
 
 def test_run_writes_every_record_file(smoke_run):

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ PLATEAU = ["higher_lr", "cosine_annealing", "heavy_triplet", "aggressive_lr_drop
 
 
 @pytest.fixture(scope="module")
-def pruned_sweep(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, Path]:
+def pruned_sweep(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[tuple[Path, Path]]:
     """One plateau sweep of 8 trials with the median pruner; shared by the tests that read its results."""
     root = tmp_path_factory.mktemp("pruned")
     journal = root / "study.journal"
@@ -33,7 +34,8 @@ def pruned_sweep(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tu
                         "hydra.sweeper.study_name=tiny", "hydra.sweeper.pruner.n_startup_trials=3",
                         f"hydra.sweep.dir={root}/sweep"], root, data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    return journal, root / "sweep"
+    yield journal, root / "sweep"
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_pruned_sweep_records_variants_pruning_and_results(pruned_sweep: tuple[Path, Path]) -> None:
