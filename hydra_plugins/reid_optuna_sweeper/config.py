@@ -134,6 +134,10 @@ class ReidOptunaSweeperConfig:
     custom_search_space: Optional[str] = None
     # A named variant set (reid.sweep.variants), enqueued once per study before the sampler's trials.
     variants: Optional[str] = None
+    # Seconds between a worker's heartbeats for its running trials, and how old a heartbeat from another host may
+    # get before its trial counts as abandoned (failed, and its work enqueued again). Mind clock skew between hosts.
+    heartbeat_interval: float = 60.0
+    grace_period: float = 600.0
 
 
 SAMPLERS = {"tpe": TPESamplerConfig, "random": RandomSamplerConfig, "cmaes": CmaEsSamplerConfig,

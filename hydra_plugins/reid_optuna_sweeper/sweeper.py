@@ -24,13 +24,17 @@ class ReidOptunaSweeper(Sweeper):
 
     def __init__(self, sampler: DictConfig, pruner: DictConfig, direction: str, storage: Optional[str],
                  study_name: Optional[str], n_trials: int, n_jobs: int, max_failure_rate: float,
-                 params: Optional[DictConfig], custom_search_space: Optional[str], variants: Optional[str]) -> None:
+                 params: Optional[DictConfig], custom_search_space: Optional[str], variants: Optional[str],
+                 heartbeat_interval: float, grace_period: float) -> None:
         if direction not in ("maximize", "minimize"):
             raise ConfigError(f"hydra.sweeper.direction={direction!r}: expected 'maximize' or 'minimize' "
                               "(reid.train returns one value, the best mAP)")
         for key, value, low in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1)):
             if value < low:
                 raise ConfigError(f"hydra.sweeper.{key}={value}: expected an integer >= {low}")
+        if not 0.0 < heartbeat_interval < grace_period:
+            raise ConfigError(f"hydra.sweeper.heartbeat_interval={heartbeat_interval}, grace_period={grace_period}: "
+                              "expected 0 < heartbeat_interval < grace_period (seconds)")
         if not 0.0 <= max_failure_rate <= 1.0:
             raise ConfigError(f"hydra.sweeper.max_failure_rate={max_failure_rate}: expected a fraction in [0, 1]")
         self.sampler_cfg = sampler
@@ -44,6 +48,8 @@ class ReidOptunaSweeper(Sweeper):
         self.params = OmegaConf.to_container(params, resolve=True) if params is not None else None
         self.custom_search_space = custom_search_space
         self.variants = variants
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
         self.config: DictConfig | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -69,7 +75,8 @@ class ReidOptunaSweeper(Sweeper):
         return SweepSettings(storage=storage, study_name=study_name, direction=self.direction,
                              n_trials=self.n_trials, n_jobs=self.n_jobs, max_failure_rate=self.max_failure_rate,
                              sampler=sampler, pruner_spec=pruner_spec, space=space,
-                             variants=build_variants(self.variants, self.config), custom_search_space=custom)
+                             variants=build_variants(self.variants, self.config), custom_search_space=custom,
+                             heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period)
 
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,6 +20,7 @@ from optuna.trial import TrialState
 
 from reid.engine.stopping import DIVERGED_SCORE
 from reid.errors import ConfigError
+from reid.sweep.liveness import WORKER_ATTR, Heartbeat, fail_stale_trials, this_worker
 from reid.sweep.results import write_results
 from reid.sweep.space import SearchSpace
 from reid.sweep.storage import PRUNER_ATTR, open_storage, study_lock
@@ -30,9 +29,6 @@ from reid.sweep.variants import Variant, format_value
 log = logging.getLogger("reid")
 
 SAMPLED = "sampled"
-# User attributes that describe one attempt, not the work; a retry does not inherit them.
-ATTEMPT_ATTRS = ("worker", "overrides", "run_dir", "stopping_reason", "epochs_trained", "fail_reason", "stale",
-                 "retry_of")
 
 Launch = Callable[[list[list[str]], int], Sequence[JobReturn]]
 
@@ -52,6 +48,8 @@ class SweepSettings:
     space: SearchSpace
     variants: list[Variant]
     custom_search_space: Callable[[Any, optuna.Trial], None] | None = None
+    heartbeat_interval: float = 60.0
+    grace_period: float = 600.0
 
 
 def _fits(dist: BaseDistribution, value: Any) -> bool:
@@ -77,40 +75,6 @@ def variant_trial(variant: Variant, space: SearchSpace) -> tuple[dict[str, Any],
 def _counted(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """Trials that count toward n_trials: all but attempts of a dead worker, whose retry counts instead."""
     return [t for t in trials if not t.user_attrs.get("stale")]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _worker() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Mark trials left RUNNING by a dead sweep process on this host as failed and enqueue their work again."""
-    retried = []
-    me = _worker()
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = frozen.user_attrs.get("worker")
-        if not worker or worker["host"] != me["host"] or worker["pid"] == me["pid"] or _alive(worker["pid"]):
-            continue
-        trial = optuna.Trial(study, frozen._trial_id)
-        trial.set_user_attr("fail_reason", f"sweep process {worker['pid']} on {worker['host']} died; retried")
-        trial.set_user_attr("stale", True)
-        study.tell(frozen.number, state=TrialState.FAIL)
-        attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ATTEMPT_ATTRS}
-        study.enqueue_trial(dict(frozen.params), user_attrs={**attrs, "retry_of": frozen.number})
-        retried.append(frozen.number)
-        log.warning("trial %d was left running by dead process %d; marked failed and enqueued again",
-                    frozen.number, worker["pid"])
-    return retried
 
 
 def enqueue_variants(study: optuna.Study, settings: SweepSettings) -> list[str]:
@@ -258,7 +222,7 @@ def run_sweep(settings: SweepSettings, launch: Launch, sweep_dir: Path, base_cfg
     with study_lock(settings.storage, settings.study_name):
         study = open_study(settings)
         study.set_user_attr(PRUNER_ATTR, settings.pruner_spec)
-        fail_stale_trials(study)
+        fail_stale_trials(study, settings.grace_period)
         added = enqueue_variants(study, settings)
     log.info("study %s in %s: %d trials so far, variants enqueued now: %s", settings.study_name, settings.storage,
              len(study.get_trials(deepcopy=False)), added or "none")
@@ -268,11 +232,12 @@ def run_sweep(settings: SweepSettings, launch: Launch, sweep_dir: Path, base_cfg
             with study_lock(settings.storage, settings.study_name):
                 while len(batch) < settings.n_jobs and _may_ask(study, settings.n_trials):
                     trial = study.ask()
-                    trial.set_user_attr("worker", _worker())
+                    trial.set_user_attr(WORKER_ATTR, this_worker())
                     batch.append((trial, trial_overrides(trial, settings, base_cfg)))
             if not batch:
                 break
-            results = launch([overrides for _, overrides in batch], batch[0][0].number)
+            with Heartbeat([trial for trial, _ in batch], settings.heartbeat_interval):
+                results = launch([overrides for _, overrides in batch], batch[0][0].number)
             for (trial, _), result in zip(batch, results):
                 run_dir = Path(result.hydra_cfg.hydra.runtime.output_dir) if result.hydra_cfg else sweep_dir
                 state = record_outcome(study, trial, result, run_dir)

@@ -134,3 +134,15 @@ def test_unknown_variant_set_and_bad_base_are_named(compose_config) -> None:
         build_variants("nope", compose_config())
     with pytest.raises(ConfigError, match="optimizer.lr=0"):
         plateau_variants(compose_config("optimizer.lr=0"))
+
+
+@pytest.mark.parametrize("overrides", [["hydra.sweeper.heartbeat_interval=0"],
+                                       ["hydra.sweeper.heartbeat_interval=900", "hydra.sweeper.grace_period=600"]])
+def test_heartbeat_settings_are_checked(overrides: list[str]) -> None:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    cfg = _hydra_cfg("sweep=plateau", *overrides)
+    with pytest.raises(InstantiationException, match=r"hydra.sweeper.heartbeat_interval=.*expected 0 < "
+                                                     r"heartbeat_interval < grace_period \(seconds\)"):
+        instantiate(cfg.hydra.sweeper)
