@@ -80,8 +80,19 @@ def _differing(settings: list[dict[str, Any]]) -> list[str]:
     return [key for key in keys if len({repr(setting.get(key, "<unset>")) for setting in settings}) > 1]
 
 
+def _short(value: Any) -> str:
+    """A value as a label shows it: long floats (sampled ones) to 4 significant digits, e.g. 0.001516."""
+    text = str(value)
+    if len(text) > 7 and any(c in text for c in ".eE"):
+        try:
+            return f"{float(text):.4g}"
+        except ValueError:
+            return text
+    return text
+
+
 def _label(setting: dict[str, Any], keys: list[str]) -> str:
-    parts = [f"{key}={setting[key]}" for key in keys if key in setting]
+    parts = [f"{key}={_short(setting[key])}" for key in keys if key in setting]
     if len(parts) > MAX_VARIANT_KEYS:
         parts = parts[:MAX_VARIANT_KEYS] + [f"(+{len(parts) - MAX_VARIANT_KEYS} more)"]
     return " ".join(parts) or "(base)"

@@ -140,9 +140,14 @@ def test_variant_names_are_the_overrides_that_differ():
     labels = variant_labels(runs)
     assert [labels[id(r)] for r in runs] == ["optimizer.lr=0.001 loss=ce_triplet", "optimizer.lr=0.01 loss=ce_triplet",
                                              "optimizer.lr=0.01 loss=ce_triplet trainer.grad_clip=5.0", "baseline"]
-    sampled = [run("s", 0.5, overrides=["optimizer.lr=0.002"], variant="sampled"),
-               run("h", 0.5, overrides=["optimizer.lr=0.0007"], variant="higher_lr")]
-    assert [variant_labels(sampled)[id(r)] for r in sampled] == ["sampled: optimizer.lr=0.002", "higher_lr"]
+    sampled = [run("s", 0.5, overrides=["optimizer.lr=0.0015160680420299528", "loss.ce_weight=0.96484744908038",
+                                        "scheduler=cosine", "data.p=8"], variant="sampled"),
+               run("h", 0.5, overrides=["optimizer.lr=0.0007", "data.p=4"], variant="higher_lr"),
+               run("t", 0.5, overrides=["optimizer.lr=2.5e-05", "loss.ce_weight=1.0", "dataset.root=/data/v1.2"],
+                   variant="sampled")]
+    assert [variant_labels(sampled)[id(r)] for r in sampled] == [
+        "sampled: optimizer.lr=0.001516 loss.ce_weight=0.9648 scheduler=cosine data.p=8", "higher_lr",
+        "sampled: optimizer.lr=2.5e-05 loss.ce_weight=1.0 dataset.root=/data/v1.2"]
     same = [run("a", 0.5, overrides=["experiment=smoke"]), run("b", 0.5, overrides=["experiment=smoke"])]
     same[0].hyperparameters = {"optimizer": {"lr": 0.001}, "trainer": {"seed": 0}}
     same[1].hyperparameters = {"optimizer": {"lr": 0.002}, "trainer": {"seed": 0}, "sweep_trial": {"trial_number": 1}}
