@@ -47,9 +47,9 @@ class SweepSettings:
     pruner_spec: dict[str, Any]
     space: SearchSpace
     variants: list[Variant]
+    heartbeat_interval: float
+    grace_period: float
     custom_search_space: Callable[[Any, optuna.Trial], None] | None = None
-    heartbeat_interval: float = 60.0
-    grace_period: float = 600.0
 
 
 def _fits(dist: BaseDistribution, value: Any) -> bool:
