@@ -2,8 +2,10 @@
 
 Every sweep process stamps its running trials with a heartbeat (a wall-clock time in the trial's user
 attributes) while their jobs train. A trial left RUNNING is stale when its process is gone: on this host,
-when its pid no longer exists; on any other host, when its heartbeat is older than the grace period. This
-works the same for journal files and databases, so a worker that died on another machine is noticed too.
+when its pid no longer exists; on any other host, when its last sign of life (the heartbeat, else the
+trial's start) is older than the grace period. A trial whose process died between asking for it and
+claiming it has no worker at all; its start time is the only sign of life it has. This works the same for
+journal files and databases, so a worker that died on another machine is noticed too.
 """
 
 from __future__ import annotations
@@ -45,19 +47,24 @@ def _alive(pid: int) -> bool:
 def stale_reason(trial: FrozenTrial, grace_period: float, now: float | None = None) -> str | None:
     """Why the RUNNING `trial` is dead, or None while its process may still be working on it."""
     worker = trial.user_attrs.get(WORKER_ATTR)
-    if not worker:
-        return None
-    me = this_worker()
-    if worker["host"] == me["host"]:
-        if worker["pid"] == me["pid"] or _alive(worker["pid"]):
+    if worker and worker["host"] == this_worker()["host"]:
+        if worker["pid"] == os.getpid() or _alive(worker["pid"]):
             return None
         return f"sweep process {worker['pid']} on {worker['host']} died"
     beat = trial.user_attrs.get(HEARTBEAT_ATTR)
-    age = (time.time() if now is None else now) - beat if beat is not None else None
-    if age is None or age <= grace_period:
+    if beat is None and trial.datetime_start is not None:
+        beat = trial.datetime_start.timestamp()
+    if beat is None:
         return None
-    return (f"sweep process {worker['pid']} on {worker['host']} sent no heartbeat for {age:.0f} s "
-            f"(grace period {grace_period:.0f} s)")
+    age = (time.time() if now is None else now) - beat
+    if age <= grace_period:
+        return None
+    silence = f"for {age:.0f} s (grace period {grace_period:.0f} s)"
+    if not worker:
+        return f"no sweep process claimed it {silence}"
+    if HEARTBEAT_ATTR not in trial.user_attrs:
+        return f"sweep process {worker['pid']} on {worker['host']} sent no heartbeat since the trial started {silence}"
+    return f"sweep process {worker['pid']} on {worker['host']} sent no heartbeat {silence}"
 
 
 def fail_stale_trials(study: optuna.Study, grace_period: float) -> list[int]:

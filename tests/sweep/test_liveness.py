@@ -53,9 +53,27 @@ def test_a_recent_heartbeat_from_another_host_keeps_the_trial(tmp_path: Path, ag
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
 
 
-def test_no_heartbeat_from_another_host_cannot_be_judged(tmp_path: Path) -> None:
+def test_without_a_heartbeat_the_trial_start_is_the_last_sign_of_life(tmp_path: Path) -> None:
     study = study_with_running(tmp_path, {"host": "gpu-node-7", "pid": 4242}, heartbeat=None)
-    assert stale_reason(study.trials[0], GRACE) is None
+    started = study.trials[0].datetime_start.timestamp()
+    assert stale_reason(study.trials[0], GRACE, now=started + GRACE - 1) is None
+    assert stale_reason(study.trials[0], GRACE, now=started + GRACE + 60) == (
+        "sweep process 4242 on gpu-node-7 sent no heartbeat since the trial started for 660 s (grace period 600 s)")
+
+
+def test_a_trial_no_process_claimed_is_failed_after_the_grace_period(tmp_path: Path) -> None:
+    """A sweep killed between asking for a trial and claiming it leaves a RUNNING trial with no worker."""
+    study = optuna.create_study(storage=open_storage(str(tmp_path / "study.journal")), study_name="live",
+                                direction="maximize")
+    study.ask({"optimizer.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)})
+    started = study.trials[0].datetime_start.timestamp()
+    assert stale_reason(study.trials[0], GRACE, now=started + 5) is None
+    assert stale_reason(study.trials[0], GRACE, now=started + 2 * GRACE) == (
+        "no sweep process claimed it for 1200 s (grace period 600 s)")
+    assert fail_stale_trials(study, grace_period=0.0) == [0]
+    failed, retry = study.get_trials(deepcopy=False)
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"].startswith("no sweep process claimed")
+    assert retry.state == TrialState.WAITING and retry.system_attrs["fixed_params"] == failed.params
 
 
 def test_on_this_host_the_pid_decides_not_the_heartbeat(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from reid.sweep.liveness import HEARTBEAT_ATTR
+
 from conftest import train_env
 from sweep_helpers import TINY, load, run_sweep, sweep_command
 
@@ -105,6 +107,16 @@ def _states(journal: Path, name: str) -> list[TrialState]:
         return []
 
 
+def _training_second_trial(journal: Path, name: str) -> bool:
+    """Trial 0 is done and trial 1 is claimed and training (its first heartbeat is stamped right before launch)."""
+    try:
+        trials = load(journal, name).get_trials()
+    except KeyError:
+        return False
+    return ([t.state for t in trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+            and HEARTBEAT_ATTR in trials[1].user_attrs)
+
+
 def test_killed_sweep_resumes_without_redoing_finished_trials(tmp_path: Path, data_dir: Path) -> None:
     journal = tmp_path / "resume.journal"
     args = [*TINY, "hydra.sweeper.variants=null", "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=none",
@@ -113,7 +125,7 @@ def test_killed_sweep_resumes_without_redoing_finished_trials(tmp_path: Path, da
     process = subprocess.Popen(sweep_command(args), cwd=tmp_path, env=train_env(data_dir), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
-    while _states(journal, "r") != [TrialState.COMPLETE, TrialState.RUNNING]:
+    while not _training_second_trial(journal, "r"):
         assert process.poll() is None and time.monotonic() < deadline, _states(journal, "r")
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
