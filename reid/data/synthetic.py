@@ -23,11 +23,15 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from reid.data.market1501 import SUBSETS, Market1501
 from reid.data.records import DatasetError, ReidSplits
+from reid.utils.process import process_exists
 
 _LOG = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 COMPLETE_MARKER = ".complete"
+# A temp folder this old whose generating process is gone here was left by a killed generation. The age
+# guard keeps the folder of a generation running right now on another host that shares the dataset root.
+ABANDONED_AFTER_S = 3600.0
 _SUPERSAMPLE = 2
 _JPEG_QUALITY = 92
 
@@ -427,6 +431,21 @@ class SyntheticReID:
     def _is_complete(self, path: str) -> bool:
         return os.path.isfile(os.path.join(path, COMPLETE_MARKER))
 
+    def _remove_abandoned_temp_folders(self, parent: str) -> None:
+        prefix = f"{self.cache_key}.tmp-"
+        for name in os.listdir(parent):
+            if not name.startswith(prefix):
+                continue
+            path = os.path.join(parent, name)
+            pid = name[len(prefix):].split("-", 1)[0]
+            try:
+                age = time.time() - os.path.getmtime(path)
+            except OSError:
+                continue
+            if age > ABANDONED_AFTER_S and not (pid.isdigit() and process_exists(int(pid))):
+                _LOG.info("removing %s, left by a synthetic-data generation that did not finish", path)
+                shutil.rmtree(path, ignore_errors=True)
+
     def prepare(self) -> str:
         """Generate the dataset unless a complete copy exists; return its folder."""
         final = self.dataset_dir
@@ -439,6 +458,7 @@ class SyntheticReID:
             raise DatasetError(
                 f"cannot create synthetic dataset root {parent}: {exc}; expected a writable folder"
             ) from exc
+        self._remove_abandoned_temp_folders(parent)
         if os.path.exists(final) and not self._is_complete(final):
             # this generator only ever renames complete folders into place, so a marker-less
             # one was left by something else: move it aside (atomically) and regenerate

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from reid.utils.process import process_exists
+
 log = logging.getLogger("reid")
 
 WORKER_ATTR = "worker"
@@ -34,21 +36,11 @@ def this_worker() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stale_reason(trial: FrozenTrial, grace_period: float, now: float | None = None) -> str | None:
     """Why the RUNNING `trial` is dead, or None while its process may still be working on it."""
     worker = trial.user_attrs.get(WORKER_ATTR)
     if worker and worker["host"] == this_worker()["host"]:
-        if worker["pid"] == os.getpid() or _alive(worker["pid"]):
+        if worker["pid"] == os.getpid() or process_exists(worker["pid"]):
             return None
         return f"sweep process {worker['pid']} on {worker['host']} died"
     beat = trial.user_attrs.get(HEARTBEAT_ATTR)

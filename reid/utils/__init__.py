@@ -1,1 +1,1 @@
-"""Small shared utilities: seeding and determinism, library versions."""
+"""Small shared utilities: seeding and determinism, library versions, process liveness."""

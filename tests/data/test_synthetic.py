@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -6,7 +9,7 @@ import pytest
 from PIL import Image
 
 from reid.data import ImageRecord, Market1501, SyntheticReID
-from reid.data.synthetic import COMPLETE_MARKER
+from reid.data.synthetic import ABANDONED_AFTER_S, COMPLETE_MARKER
 
 SMALL = {"num_train_ids": 3, "num_test_ids": 4, "images_per_camera": 2, "num_cameras": 3}
 
@@ -143,6 +146,26 @@ def test_incomplete_folders_are_not_trusted(tmp_path: Path) -> None:
     assert (stale / COMPLETE_MARKER).is_file()
     assert len(splits.query) == 4 * 1
     assert sorted(os.listdir(tmp_path)) == sorted([leftover.name, stale.name])
+
+
+def test_temp_folders_of_killed_generations_are_removed_once_old(tmp_path: Path) -> None:
+    dataset = SyntheticReID(str(tmp_path), **SMALL)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    old = time.time() - ABANDONED_AFTER_S - 60
+    folders = {}
+    for label, pid, mtime in [("killed", dead.pid, old), ("recent", dead.pid, None), ("running", os.getpid(), old)]:
+        folder = tmp_path / f"{dataset.cache_key}.tmp-{pid}-{label}"
+        (folder / "query").mkdir(parents=True)
+        if mtime is not None:
+            os.utime(folder, (mtime, mtime))
+        folders[label] = folder.name
+    other = tmp_path / "another_key.tmp-1-x"
+    other.mkdir()
+    os.utime(other, (old, old))
+    dataset.prepare()
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(dataset.dataset_dir), folders["recent"],
+                                                   folders["running"], other.name])
 
 
 def test_losing_a_concurrent_generation_race(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
