@@ -6,7 +6,6 @@ processes sharing one study never run a variant twice or exceed `n_trials`; trai
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from hydra.core.utils import JobReturn
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from reid.engine.record import read_model_info
 from reid.engine.stopping import DIVERGED_SCORE
 from reid.errors import ConfigError
 from reid.sweep.liveness import WORKER_ATTR, Heartbeat, fail_stale_trials, this_worker
@@ -164,16 +164,9 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
             raise
 
 
-def _read_record(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "model_info.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def record_outcome(study: optuna.Study, trial: optuna.Trial, result: JobReturn, run_dir: Path) -> TrialState:
     """Tell the study how the job ended: PRUNED, FAIL (error, out of memory, diverged, with reason) or COMPLETE."""
-    info = _read_record(run_dir)
+    info = read_model_info(run_dir) or {}
     status = info.get("status")
     reason = (info.get("stopping_reason") or {}).get("message")
     trial.set_user_attr("run_dir", str(run_dir.resolve()))
