@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from reid.checkpoint import BEST_MODEL
 from reid.engine.hooks import Hook
-from reid.engine.record import read_model_info
+from reid.engine.record import MODEL_INFO_JSON, read_model_info
 from reid.engine.resume import OUTPUTS
 from reid.errors import ConfigError
 
@@ -34,7 +34,7 @@ def find_parent_run(experiment_name: str, parent_stage: str, outputs: Path = OUT
     """The newest finished run of `parent_stage` in this experiment."""
     root = outputs / experiment_name
     finished = []
-    for info_file in root.rglob("model_info.json") if root.is_dir() else []:
+    for info_file in root.rglob(MODEL_INFO_JSON) if root.is_dir() else []:
         info = read_model_info(info_file.parent)
         if info and info.get("stage") == parent_stage and info.get("status") == "finished" \
                 and (info_file.parent / BEST_MODEL).is_file():
@@ -42,7 +42,7 @@ def find_parent_run(experiment_name: str, parent_stage: str, outputs: Path = OUT
     if not finished:
         raise ConfigError(
             f"stage starts from the best model of a finished {parent_stage} run of experiment {experiment_name!r}, "
-            f"but none was found under {root}/ (looked for model_info.json with stage {parent_stage!r}, status "
+            f"but none was found under {root}/ (looked for {MODEL_INFO_JSON} with stage {parent_stage!r}, status "
             f"'finished' and a {BEST_MODEL}). Run `python -m reid.train stage={parent_stage}` first, or pass "
             "stage.init_from=<run dir or .pth file>."
         )

@@ -51,6 +51,13 @@ class SweepSettings:
     grace_period: float
     custom_search_space: Callable[[Any, optuna.Trial], None] | None = None
 
+    def __post_init__(self) -> None:
+        # Both reach every training job as a quoted override, so a quote would break each trial's command line.
+        for key, value in (("storage", self.storage), ("study_name", self.study_name)):
+            if "'" in value:
+                raise ConfigError(f"hydra.sweeper.{key}={value!r}: a quote character (') cannot be passed to the "
+                                  f"training jobs; use a {key.replace('_', ' ')} without one")
+
 
 def _fits(dist: BaseDistribution, value: Any) -> bool:
     if isinstance(dist, CategoricalDistribution):
@@ -111,8 +118,6 @@ def _dedupe(overrides: list[str]) -> list[str]:
 
 
 def _quote(value: str) -> str:
-    if "'" in value:
-        raise ValueError(f"hydra.sweeper.storage={value!r}: a quote character cannot be passed to the jobs")
     return f"'{value}'"
 
 

@@ -70,13 +70,15 @@ def study_lock(storage: str, study_name: str) -> Iterator[None]:
 
         key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
         engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
-        with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            try:
-                yield
-            finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-        engine.dispose()
+        try:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                try:
+                    yield
+                finally:
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        finally:
+            engine.dispose()
         return
     path = _sqlite_path(storage) if is_url(storage) else Path(storage)
     lock_path = path.with_name(f"{path.name}.{study_name}.lock")
