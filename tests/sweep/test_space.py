@@ -95,6 +95,8 @@ def test_plateau_sweep_composes_with_defaults() -> None:
     assert sweeper._target_ == "hydra_plugins.reid_optuna_sweeper.sweeper.ReidOptunaSweeper"
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
     assert sweeper.pruner._target_ == "optuna.pruners.MedianPruner"
+    # Measured on the plateau demo (docs/benchmarks.md): judge from epoch 2, against the first finished trial on.
+    assert (sweeper.pruner.n_startup_trials, sweeper.pruner.n_warmup_steps) == (1, 2)
     assert sweeper.variants == "plateau" and sweeper.direction == "maximize"
     assert set(sweeper.params) == {"optimizer.lr", "loss.ce_weight", "loss.triplet_weight", "scheduler", "data.p",
                                    "data.k"}

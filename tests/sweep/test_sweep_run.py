@@ -35,7 +35,7 @@ def pruned_sweep(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> It
     journal = root / "study.journal"
     result = run_sweep([*TINY, "hydra.sweeper.n_trials=8", f"hydra.sweeper.storage={journal}",
                         "hydra.sweeper.study_name=tiny", "hydra.sweeper.pruner.n_startup_trials=3",
-                        f"hydra.sweep.dir={root}/sweep"], root, data_dir)
+                        "hydra.sweeper.pruner.n_warmup_steps=0", f"hydra.sweep.dir={root}/sweep"], root, data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     yield journal, root / "sweep"
     shutil.rmtree(root, ignore_errors=True)
