@@ -1,4 +1,5 @@
-"""Set-up and entry points. `nox -s demo` trains on the built-in synthetic data; `nox -s tests` runs the suite.
+"""Set-up and entry points. `nox -s demo` trains on the built-in synthetic data; `nox -s tests` runs the suite;
+`nox -s lint` checks the code with ruff (its rules are in pyproject.toml).
 
 Each session installs the project (and torch, timm, open_clip, hydra, optuna, pandas) from the package
 registry into its own virtual environment under .nox/, so a fresh machine needs only python3.
@@ -15,6 +16,13 @@ def tests(session: nox.Session) -> None:
     """Install the project with its test extras and run pytest (extra arguments go to pytest)."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff over the whole tree, with the project's rules from pyproject.toml (extra arguments go to ruff)."""
+    session.install("ruff>=0.17,<0.18")
+    session.run("ruff", "check", *(session.posargs or ["."]))
 
 
 @nox.session

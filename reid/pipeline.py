@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
@@ -80,7 +81,8 @@ class Pipeline:
     def __init__(self, cfg: DictConfig, pipeline_dir: Path, overrides: list[str]) -> None:
         stages = list(cfg.pipeline.get("stages") or [])
         if not stages:
-            raise ConfigError("pipeline.stages: expected a non-empty list of stage names, e.g. [stage1, stage2, stage3]")
+            raise ConfigError("pipeline.stages: expected a non-empty list of stage names, "
+                              "e.g. [stage1, stage2, stage3]")
         self.cfg = cfg
         self.dir = pipeline_dir
         self.name = str(cfg.pipeline.get("name", "pipeline"))
@@ -132,7 +134,8 @@ class Pipeline:
                 with _stage_log(stage_dir):
                     value = train(stage_cfg, run_dir=stage_dir, overrides=overrides)
             except BaseException as exc:
-                self.state["results"][stage].update(status=_status(stage_dir) or "error", error=str(exc) or type(exc).__name__)
+                self.state["results"][stage].update(status=_status(stage_dir) or "error",
+                                                    error=str(exc) or type(exc).__name__)
                 self.state["status"] = f"stopped in {stage}"
                 self._save()
                 raise

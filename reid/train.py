@@ -21,9 +21,9 @@ from reid.engine.build import build_experiment, build_trainer
 from reid.engine.resume import check_resume_config, resolve_resume_dir
 from reid.engine.stages import resolve_stage_start
 from reid.engine.stopping import DIVERGED, DIVERGED_SCORE, RunInterrupted
+from reid.engine.trainer import TrainState
 from reid.errors import ConfigError
 from reid.pipeline import allow_stage_overrides, run_pipeline
-from reid.engine.trainer import TrainState
 from reid.utils.seed import configure_determinism, seed_everything
 
 log = logging.getLogger("reid")

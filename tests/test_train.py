@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import only_run_dir, run_train
 from PIL import Image
 
-from conftest import only_run_dir, run_train
 from reid.checkpoint import BEST_MODEL, FINAL_MODEL, LAST_CHECKPOINT, load_model_file
 from reid.models import build_model
 
@@ -99,7 +99,8 @@ def test_model_files_load_with_weights_only(smoke_run, compose_config):
         assert payload["format"] == "reid-model"
         model = build_model(cfg.backbone, cfg.head, num_classes=8)
         load_model_file(run_dir / name, model, model.architecture)
-        assert torch.equal(model.state_dict()["head.classifier.weight"], payload["state_dict"]["head.classifier.weight"])
+        classifier = "head.classifier.weight"
+        assert torch.equal(model.state_dict()[classifier], payload["state_dict"][classifier])
 
 
 def test_train_returns_the_best_map(compose_config, tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
@@ -22,9 +22,9 @@ from reid.sweep.variants import build_variants
 class ReidOptunaSweeper(Sweeper):
     """Optuna on current releases with pruning, failure tolerance, resume, shared studies and named variants."""
 
-    def __init__(self, sampler: DictConfig, pruner: DictConfig, direction: str, storage: Optional[str],
-                 study_name: Optional[str], n_trials: int, n_jobs: int, max_failure_rate: float,
-                 params: Optional[DictConfig], custom_search_space: Optional[str], variants: Optional[str],
+    def __init__(self, sampler: DictConfig, pruner: DictConfig, direction: str, storage: str | None,
+                 study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
+                 params: DictConfig | None, custom_search_space: str | None, variants: str | None,
                  heartbeat_interval: float, grace_period: float) -> None:
         if direction not in ("maximize", "minimize"):
             raise ConfigError(f"hydra.sweeper.direction={direction!r}: expected 'maximize' or 'minimize' "
@@ -57,7 +57,7 @@ class ReidOptunaSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
                                                                 task_function=task_function, config=config)
 
-    def _settings(self, arguments: List[str]) -> SweepSettings:
+    def _settings(self, arguments: list[str]) -> SweepSettings:
         assert self.config is not None
         space = parse_search_space(self.params, arguments)
         choices = self.config.hydra.runtime.choices
@@ -78,7 +78,7 @@ class ReidOptunaSweeper(Sweeper):
                              variants=build_variants(self.variants, self.config), custom_search_space=custom,
                              heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period)
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None
         settings = self._settings(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)

@@ -11,7 +11,8 @@ from reid.metrics import compute_distance_matrix, evaluate_rank
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
+                     amp: bool) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Embeddings (float32, on CPU), pids and camids of every image the loader yields, in order."""
     was_training = model.training
     model.eval()

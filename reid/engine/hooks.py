@@ -7,8 +7,9 @@ Hooks run in list order; a hook asks the loop to stop by setting `trainer.state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from reid.engine.trainer import Trainer
@@ -47,19 +48,19 @@ class EpochResult:
 class Hook:
     """Base class: every callback is a no-op."""
 
-    def before_train(self, trainer: "Trainer") -> None:
+    def before_train(self, trainer: Trainer) -> None:
         pass
 
-    def before_epoch(self, trainer: "Trainer", epoch: int) -> None:
+    def before_epoch(self, trainer: Trainer, epoch: int) -> None:
         pass
 
-    def after_step(self, trainer: "Trainer", info: StepInfo) -> None:
+    def after_step(self, trainer: Trainer, info: StepInfo) -> None:
         pass
 
-    def after_epoch(self, trainer: "Trainer", result: EpochResult) -> None:
+    def after_epoch(self, trainer: Trainer, result: EpochResult) -> None:
         pass
 
-    def after_train(self, trainer: "Trainer") -> None:
+    def after_train(self, trainer: Trainer) -> None:
         """Runs on every stop, including errors and interruptions, with `trainer.state.stop` set."""
 
 
@@ -67,23 +68,23 @@ class HookList(Hook):
     def __init__(self, hooks: Sequence[Hook]) -> None:
         self.hooks = list(hooks)
 
-    def before_train(self, trainer: "Trainer") -> None:
+    def before_train(self, trainer: Trainer) -> None:
         for hook in self.hooks:
             hook.before_train(trainer)
 
-    def before_epoch(self, trainer: "Trainer", epoch: int) -> None:
+    def before_epoch(self, trainer: Trainer, epoch: int) -> None:
         for hook in self.hooks:
             hook.before_epoch(trainer, epoch)
 
-    def after_step(self, trainer: "Trainer", info: StepInfo) -> None:
+    def after_step(self, trainer: Trainer, info: StepInfo) -> None:
         for hook in self.hooks:
             hook.after_step(trainer, info)
 
-    def after_epoch(self, trainer: "Trainer", result: EpochResult) -> None:
+    def after_epoch(self, trainer: Trainer, result: EpochResult) -> None:
         for hook in self.hooks:
             hook.after_epoch(trainer, result)
 
-    def after_train(self, trainer: "Trainer") -> None:
+    def after_train(self, trainer: Trainer) -> None:
         # Every hook gets its chance to save, even if an earlier one fails.
         errors = []
         for hook in self.hooks:

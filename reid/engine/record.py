@@ -165,7 +165,7 @@ class RunRecord:
             "config_changes": changes,
         }]
 
-    def update(self, trainer: "Trainer") -> None:
+    def update(self, trainer: Trainer) -> None:
         """Rewrite the per-epoch files from the state's history (the checkpointed truth)."""
         state = trainer.state
         history = state.history
@@ -197,7 +197,7 @@ class RunRecord:
             writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in columns})
         atomic_write_text(self.run_dir / METRICS_CSV, buffer.getvalue())
 
-    def finish(self, trainer: "Trainer") -> None:
+    def finish(self, trainer: Trainer) -> None:
         state = trainer.state
         stop = state.stop or StopReason.error(RuntimeError("stopped for an unknown reason"))
         self.update(trainer)
@@ -211,7 +211,7 @@ class RunRecord:
         write_json(self.run_dir / MODEL_INFO_JSON, self.info)
         atomic_write_text(self.run_dir / STOPPING_REASON_TXT, self.stopping_reason_text(stop, trainer))
 
-    def stopping_reason_text(self, stop: StopReason, trainer: "Trainer") -> str:
+    def stopping_reason_text(self, stop: StopReason, trainer: Trainer) -> str:
         state = trainer.state
         info = self.info
         best = state.best_map
@@ -244,11 +244,11 @@ class RunRecordHook(Hook):
     def __init__(self, record: RunRecord) -> None:
         self.record = record
 
-    def before_train(self, trainer: "Trainer") -> None:
+    def before_train(self, trainer: Trainer) -> None:
         self.record.start()
 
-    def after_epoch(self, trainer: "Trainer", result: EpochResult) -> None:
+    def after_epoch(self, trainer: Trainer, result: EpochResult) -> None:
         self.record.update(trainer)
 
-    def after_train(self, trainer: "Trainer") -> None:
+    def after_train(self, trainer: Trainer) -> None:
         self.record.finish(trainer)

@@ -81,7 +81,8 @@ def stage_max_epochs(cfg: DictConfig, initial_epoch: int) -> int:
     end = initial_epoch + cfg.stage.epochs if cfg.stage.epochs else cfg.trainer.max_epochs
     if end <= initial_epoch:
         raise ConfigError(
-            f"stage {cfg.stage.name} starts after epoch {initial_epoch} but trainer.max_epochs={cfg.trainer.max_epochs}: "
+            f"stage {cfg.stage.name} starts after epoch {initial_epoch} but "
+            f"trainer.max_epochs={cfg.trainer.max_epochs}: "
             "nothing left to train; raise trainer.max_epochs or set stage.epochs"
         )
     return end
@@ -94,7 +95,7 @@ class UnfreezeAfter(Hook):
         self.switch_epoch = first_epoch + transfer_epochs + 1
         self.lr_factor = lr_factor
 
-    def before_epoch(self, trainer: "Trainer", epoch: int) -> None:
+    def before_epoch(self, trainer: Trainer, epoch: int) -> None:
         if epoch == self.switch_epoch and trainer.model.freeze_level != 0:
             trainer.unfreeze_all(self.lr_factor)
             log.info("[Epoch %d/%d] unfreezing after %d transfer epochs: %s", epoch, trainer.max_epochs,

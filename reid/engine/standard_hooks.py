@@ -27,7 +27,7 @@ class EarlyStopping(Hook):
     def __init__(self, patience: int) -> None:
         self.patience = patience
 
-    def after_epoch(self, trainer: "Trainer", result: EpochResult) -> None:
+    def after_epoch(self, trainer: Trainer, result: EpochResult) -> None:
         state = trainer.state
         if self.patience <= 0 or result.metrics is None or state.best_map is None:
             return
@@ -44,20 +44,20 @@ class CheckpointSaver(Hook):
         self.run_dir = Path(run_dir)
         self.config = config
 
-    def _meta(self, trainer: "Trainer", epoch: int) -> dict[str, Any]:
+    def _meta(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
         return {
             "epoch": epoch,
             "metrics": trainer.state.best_metrics if epoch == trainer.state.best_epoch else None,
             "config": self.config,
         }
 
-    def after_epoch(self, trainer: "Trainer", result: EpochResult) -> None:
+    def after_epoch(self, trainer: Trainer, result: EpochResult) -> None:
         if result.improved:
             save_model_file(self.run_dir / BEST_MODEL, trainer.model, trainer.model.architecture,
                             self._meta(trainer, result.epoch))
         save_training_checkpoint(self.run_dir / LAST_CHECKPOINT, trainer.checkpoint(self.config))
 
-    def after_train(self, trainer: "Trainer") -> None:
+    def after_train(self, trainer: Trainer) -> None:
         stop = trainer.state.stop
         if trainer.state.global_step == 0:
             return
@@ -98,10 +98,10 @@ class ProgressLogger(Hook):
         self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self.epoch_started = time.perf_counter()
 
-    def before_epoch(self, trainer: "Trainer", epoch: int) -> None:
+    def before_epoch(self, trainer: Trainer, epoch: int) -> None:
         self.epoch_started = time.perf_counter()
 
-    def after_step(self, trainer: "Trainer", info: StepInfo) -> None:
+    def after_step(self, trainer: Trainer, info: StepInfo) -> None:
         elapsed = time.perf_counter() - self.epoch_started
         remaining = elapsed / info.step * (info.steps_per_epoch - info.step)
         if self.interactive:
@@ -118,11 +118,12 @@ class ProgressLogger(Hook):
             log.info("epoch %d step %d/%d %s", info.epoch, info.step, info.steps_per_epoch,
                      format_losses(info.losses))
 
-    def after_epoch(self, trainer: "Trainer", result: EpochResult) -> None:
+    def after_epoch(self, trainer: Trainer, result: EpochResult) -> None:
         log.info(epoch_line(result, trainer.max_epochs))
 
-    def after_train(self, trainer: "Trainer") -> None:
+    def after_train(self, trainer: Trainer) -> None:
         stop = trainer.state.stop
         best = trainer.state.best_map
-        best_text = "none" if best is None or not math.isfinite(best) else f"{best:.4f} at epoch {trainer.state.best_epoch}"
+        finite = best is not None and math.isfinite(best)
+        best_text = f"{best:.4f} at epoch {trainer.state.best_epoch}" if finite else "none"
         log.info("stopped: %s | best mAP %s", stop.message if stop else "unknown", best_text)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 import signal
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -46,11 +46,11 @@ class StopReason:
         return asdict(self)
 
     @classmethod
-    def completed(cls, max_epochs: int) -> "StopReason":
+    def completed(cls, max_epochs: int) -> StopReason:
         return cls(COMPLETED, f"all {max_epochs} epochs completed", {"max_epochs": max_epochs})
 
     @classmethod
-    def early_stopping(cls, epochs_without_improvement: int, patience: int) -> "StopReason":
+    def early_stopping(cls, epochs_without_improvement: int, patience: int) -> StopReason:
         return cls(
             EARLY_STOPPING,
             f"no mAP improvement for {epochs_without_improvement} epochs (early-stopping patience {patience})",
@@ -58,21 +58,21 @@ class StopReason:
         )
 
     @classmethod
-    def interrupted(cls, signum: int = signal.SIGINT) -> "StopReason":
+    def interrupted(cls, signum: int = signal.SIGINT) -> StopReason:
         if signum == signal.SIGTERM:
             return cls(INTERRUPTED, "terminated by SIGTERM", {"signal": "SIGTERM"})
         return cls(INTERRUPTED, "interrupted by the user (Ctrl+C)", {"signal": "SIGINT"})
 
     @classmethod
-    def pruned(cls, epoch: int) -> "StopReason":
+    def pruned(cls, epoch: int) -> StopReason:
         return cls(PRUNED, f"pruned by the sweep at epoch {epoch}", {"epoch": epoch})
 
     @classmethod
-    def out_of_memory(cls, batch_size: int) -> "StopReason":
+    def out_of_memory(cls, batch_size: int) -> StopReason:
         return cls(OUT_OF_MEMORY, f"out of memory at batch size {batch_size}", {"batch_size": batch_size})
 
     @classmethod
-    def diverged(cls, error: TrainingDiverged) -> "StopReason":
+    def diverged(cls, error: TrainingDiverged) -> StopReason:
         return cls(
             DIVERGED,
             f"diverged: loss={error.loss} at epoch {error.epoch}, step {error.step}",
@@ -80,7 +80,7 @@ class StopReason:
         )
 
     @classmethod
-    def error(cls, exc: BaseException) -> "StopReason":
+    def error(cls, exc: BaseException) -> StopReason:
         text = str(exc).strip() or repr(exc)
         return cls(ERROR, f"error: {type(exc).__name__}: {text}", {"type": type(exc).__name__})
 

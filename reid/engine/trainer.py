@@ -6,8 +6,9 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -155,7 +156,8 @@ class Trainer:
         self._track_best(result)
         return result
 
-    def train_step(self, images: torch.Tensor, pids: torch.Tensor, epoch: int, step: int) -> tuple[dict[str, float], int]:
+    def train_step(self, images: torch.Tensor, pids: torch.Tensor, epoch: int,
+                   step: int) -> tuple[dict[str, float], int]:
         images = images.to(self.device, non_blocking=True)
         pids = pids.to(self.device, non_blocking=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):

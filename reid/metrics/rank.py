@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 import torch
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 _MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
 # Peak bytes per distance-matrix element inside a block: the int64 positive counts plus

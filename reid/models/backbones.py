@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 import socket
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import torch

@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 from reid.models.model import ReidModel
 
 
-def architecture_of(backbone_cfg: DictConfig, head_cfg: DictConfig, num_classes: int, feature_dim: int) -> dict[str, Any]:
+def architecture_of(backbone_cfg: DictConfig, head_cfg: DictConfig, num_classes: int,
+                    feature_dim: int) -> dict[str, Any]:
     """The facts a saved model must match to be loaded: checked before any tensor is copied."""
     return {
         "backbone": str(backbone_cfg.get("model_name", backbone_cfg._target_)),

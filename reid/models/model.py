@@ -52,7 +52,7 @@ class ReidModel(nn.Module):
                 parameter.requires_grad_(False)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "ReidModel":
+    def train(self, mode: bool = True) -> ReidModel:
         super().train(mode)
         for module in self.frozen_modules():
             module.eval()

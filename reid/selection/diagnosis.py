@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import shlex
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from reid.checkpoint import BEST_MODEL, atomic_write_text
 from reid.engine.record import HISTORY_JSON, MODEL_INFO_JSON

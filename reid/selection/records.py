@@ -110,7 +110,7 @@ class RunCollection:
     damaged: list[DamagedRecord] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
 
-    def extend(self, other: "RunCollection") -> None:
+    def extend(self, other: RunCollection) -> None:
         """Add `other`'s records, skipping run directories already present (a study and its sweep dir overlap)."""
         seen = {run.path.resolve() for run in self.runs if run.path is not None}
         seen |= {record.path.resolve() for record in self.damaged}

@@ -15,8 +15,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -98,7 +99,7 @@ class Heartbeat:
             except Exception as exc:  # noqa: BLE001 - a missed beat must never stop training
                 log.warning("sweep heartbeat not recorded: %s: %s", type(exc).__name__, exc)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self.beat()
         self._thread.start()
         return self

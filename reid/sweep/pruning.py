@@ -31,10 +31,10 @@ class TrialPruningHook(Hook):
         self.trial_number = trial_number
         self.trial: optuna.Trial | None = None
 
-    def before_train(self, trainer: "Trainer") -> None:
+    def before_train(self, trainer: Trainer) -> None:
         self.trial = open_trial(self.storage, self.study_name, self.trial_number)
 
-    def after_epoch(self, trainer: "Trainer", result: EpochResult) -> None:
+    def after_epoch(self, trainer: Trainer, result: EpochResult) -> None:
         if result.metrics is None or self.trial is None or not math.isfinite(result.metrics["mAP"]):
             return
         self.trial.report(float(result.metrics["mAP"]), result.epoch)

@@ -6,8 +6,9 @@ the composed base config (its LR, schedule and epochs), so the same sweep file f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -54,7 +55,8 @@ def plateau_variants(cfg: DictConfig) -> list[Variant]:
     for key in ("loss.ce_weight", "loss.triplet_weight"):
         if OmegaConf.select(cfg, key) is None:
             raise ConfigError(f"{key} is not in the base config (loss._target_={cfg.loss.get('_target_')}); the "
-                              "heavy_triplet variant needs a loss with ce_weight and triplet_weight, e.g. loss=ce_triplet")
+                              "heavy_triplet variant needs a loss with ce_weight and triplet_weight, "
+                              "e.g. loss=ce_triplet")
     lr = _lr(cfg)
     max_epochs = int(cfg.trainer.max_epochs)
     warmup_epochs, warmup_factor = _warmup(cfg)

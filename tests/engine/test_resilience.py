@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import only_run_dir, run_train, train_env
+
 from reid.checkpoint import BEST_MODEL, FINAL_MODEL, LAST_CHECKPOINT, load_training_checkpoint
 
 # 48 train images, P×K = 2×4: 4 steps per epoch; SlowLoss makes each step take ~0.25 s so a signal lands mid-epoch.

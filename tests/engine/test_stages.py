@@ -7,8 +7,8 @@ import signal
 
 import pytest
 import torch
-
 from conftest import run_train
+
 from reid.engine.build import build_experiment, build_trainer
 from reid.errors import ConfigError
 from reid.pipeline import allow_stage_overrides
@@ -132,7 +132,8 @@ def test_three_stage_pipeline_resumes_the_interrupted_stage(tmp_path, data_dir):
     assert "stage 1/3 stage1 already finished, skipping" in result.stdout
     assert "resuming stage 2/3 stage2" in result.stdout
     assert (pipeline_dir / "1_stage1" / "model_info.json").stat().st_mtime == stage1_mtime
-    infos = [json.loads((pipeline_dir / d / "model_info.json").read_text()) for d in ("1_stage1", "2_stage2", "3_stage3")]
+    stage_dirs = ("1_stage1", "2_stage2", "3_stage3")
+    infos = [json.loads((pipeline_dir / d / "model_info.json").read_text()) for d in stage_dirs]
     assert [i["epochs_trained"] for i in infos] == [1, 2, 3]
     assert [i["stage"] for i in infos] == ["stage1", "stage2", "stage3"]
     assert infos[1]["hyperparameters"]["optimizer"]["lr"] == pytest.approx(4e-5)

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_records import write_run
 
 from reid.selection import load_run_dirs, rank_runs, write_reports
 from reid.selection import report as report_module
 from reid.selection.report import deployment_snippet, format_duration
-from test_records import write_run
 
 CRIMSON = (220, 20, 60)
 

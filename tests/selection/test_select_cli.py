@@ -12,11 +12,11 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-
 from conftest import run_train
+from test_records import write_run
+
 from reid.select import main
 from reid.selection.report import deployment_snippet
-from test_records import write_run
 
 REPORTS = [f"BEST_MODEL_SELECTION.{suffix}" for suffix in ("csv", "md", "png", "txt")]
 

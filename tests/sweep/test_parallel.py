@@ -6,9 +6,8 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-from optuna.trial import TrialState
-
 from conftest import train_env
+from optuna.trial import TrialState
 from sweep_helpers import TINY, load, sweep_command
 
 PLATEAU = {"higher_lr", "cosine_annealing", "heavy_triplet", "aggressive_lr_drop", "smaller_batch_higher_lr"}

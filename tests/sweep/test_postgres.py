@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
-
 from sweep_helpers import TINY, load, run_sweep
 
 URL_VARIABLE = "REID_TEST_POSTGRES_URL"

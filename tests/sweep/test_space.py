@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from conftest import CONF_DIR
 from reid.config import register_configs
 from reid.errors import ConfigError
 from reid.sweep.driver import variant_trial

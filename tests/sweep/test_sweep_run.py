@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import socket
-import sys
-import urllib.request
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import train_env
 from optuna.trial import TrialState
+from sweep_helpers import TINY, load, run_sweep, sweep_command
 
 from reid.sweep.liveness import HEARTBEAT_ATTR
-
-from conftest import train_env
-from sweep_helpers import TINY, load, run_sweep, sweep_command
 
 PLATEAU = ["higher_lr", "cosine_annealing", "heavy_triplet", "aggressive_lr_drop", "smaller_batch_higher_lr"]
 
