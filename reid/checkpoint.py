@@ -57,11 +57,27 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
+# torch.save writes a zip archive; files of torch < 1.6 are a pickle stream, which starts with the PROTO opcode.
+_TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse a file that torch.save never wrote (text, an image, an empty file) before unpickling anything."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if not head.startswith(_TORCH_FILE_STARTS):
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint: it is not a file written by torch.save (it starts with {head!r}, "
+            "not a zip archive or a pickle stream); expected a .pth file such as a run's best_model.pth"
+        )
+
+
 def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """Load a `.pth` file with `weights_only=True`; refuse pickled code and explain corrupt files."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
+    _check_torch_file(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError or zipfile errors here

@@ -42,6 +42,10 @@ class TrainerConfig:
     resume_allow_changes: bool = False
     transfer_epochs: int = 0
     unfreeze_lr_factor: float = 0.1
+    limit_train_batches: Optional[int] = None
+    limit_eval_queries: Optional[int] = None
+    limit_eval_gallery: Optional[int] = None
+    debug_stage_epochs: Optional[int] = None
 
 
 @dataclass
@@ -108,10 +112,13 @@ class ReidConfig:
 
 def register_configs() -> None:
     """Store the schemas so YAML files can extend them, and the resolver that picks the run directory."""
+    from reid.cli import reports_user_errors
     from reid.engine.resume import run_dir_resolver
 
     if not OmegaConf.has_resolver("reid_run_dir"):
-        OmegaConf.register_new_resolver("reid_run_dir", run_dir_resolver, use_cache=True)
+        # Hydra resolves the run directory before the job starts, so a bad trainer.resume is reported here.
+        OmegaConf.register_new_resolver("reid_run_dir", reports_user_errors("reid.train")(run_dir_resolver),
+                                        use_cache=True)
     store = ConfigStore.instance()
     store.store(name="reid_schema", node=ReidConfig)
 
@@ -203,6 +210,9 @@ def validate_targets(cfg: DictConfig, provided: dict[str, tuple[str, ...]] = PRO
     for name in ("max_epochs", "eval_every", "log_every"):
         if cfg.trainer[name] < 1:
             raise ConfigError(f"trainer.{name}={cfg.trainer[name]}: expected an integer >= 1")
+    for name in ("limit_train_batches", "limit_eval_queries", "limit_eval_gallery", "debug_stage_epochs"):
+        if cfg.trainer[name] is not None and cfg.trainer[name] < 1:
+            raise ConfigError(f"trainer.{name}={cfg.trainer[name]}: expected an integer >= 1, or null for no limit")
     for name in ("p", "k", "height", "width", "test_batch_size"):
         if cfg.data[name] < 1:
             raise ConfigError(f"data.{name}={cfg.data[name]}: expected an integer >= 1")

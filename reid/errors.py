@@ -15,3 +15,11 @@ class PretrainedWeightsUnavailable(ReidError, RuntimeError):
 
 class CheckpointError(ReidError, RuntimeError):
     """A checkpoint or weight file is unreadable, unsafe or belongs to another model."""
+
+
+class DatasetError(ReidError, ValueError):
+    """A dataset root, layout or image is unusable.
+
+    Raised instead of a bare ``OSError``/``KeyError`` so that the message can name the offending path and say
+    what was expected there.
+    """

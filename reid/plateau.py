@@ -13,6 +13,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from reid.cli import reports_user_errors
 from reid.selection.diagnosis import DIAGNOSIS_TXT, Thresholds, diagnose, load_run, write_diagnosis
 from reid.selection.records import SelectionError
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@reports_user_errors("reid.plateau")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from reid.cli import reports_user_errors
 from reid.selection.ranking import RANK_METRICS, rank_runs
 from reid.selection.records import RunCollection, SelectionError, load_run_dirs, load_study
 from reid.selection.report import render_text, write_reports
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@reports_user_errors("reid.select")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from reid.checkpoint import LAST_CHECKPOINT, check_architecture, load_initial_weights, load_training_checkpoint
+from reid.cli import exit_on_user_error
 from reid.config import as_plain_dict, register_configs, validate_targets
 from reid.engine.build import build_experiment, build_trainer
 from reid.engine.resume import check_resume_config, resolve_resume_dir
@@ -27,6 +29,8 @@ from reid.pipeline import allow_stage_overrides, run_pipeline
 from reid.utils.seed import configure_determinism, seed_everything
 
 log = logging.getLogger("reid")
+
+PROGRAM = "reid.train"
 
 # The repository's conf/ directory, by absolute path so the entrypoint works however it is imported.
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -105,6 +109,11 @@ def main(cfg: DictConfig) -> float:
     except RunInterrupted as stop:
         # Non-zero like any interrupted program (130 for Ctrl+C, 143 for SIGTERM); the record says how to resume.
         raise SystemExit(128 + stop.signum) from None
+    except Exception as exc:
+        # A single run ends on the user's mistake with its message; in a sweep the sweeper records the failure.
+        if HydraConfig.get().mode == RunMode.RUN:
+            exit_on_user_error(exc, PROGRAM)
+        raise
 
 
 if __name__ == "__main__":

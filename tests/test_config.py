@@ -12,7 +12,7 @@ from reid.config import validate_targets
 from reid.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["dataset", "backbone", "head", "loss", "optimizer", "scheduler", "stage", "trainer", "experiment"]
+GROUPS = ["dataset", "backbone", "head", "loss", "optimizer", "scheduler", "stage", "trainer", "experiment", "debug"]
 
 
 def options(group: str) -> list[str]:
@@ -20,7 +20,7 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_have_the_documented_options():
-    assert options("dataset") == ["folders", "market1501", "synthetic"]
+    assert options("dataset") == ["folders", "market1501", "synthetic", "synthetic_tiny"]
     assert options("backbone") == ["clip_rn50", "clip_vit_b16", "resnet18", "resnet50"]
     assert options("head") == ["arcface", "bnneck", "linear"]
     assert options("loss") == ["ce", "ce_triplet", "triplet"]
@@ -28,6 +28,7 @@ def test_groups_have_the_documented_options():
     assert options("scheduler") == ["cosine", "none", "warmup_multistep"]
     assert "full" in options("stage")
     assert "smoke" in options("experiment")
+    assert options("debug") == ["smoke"]
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -37,7 +38,7 @@ def test_every_option_composes_and_validates(compose_config, group, option):
         overrides.append("dataset.root=/some/folders")
     cfg = compose_config(*overrides)
     validate_targets(cfg)
-    if group not in ("experiment",):
+    if group not in ("experiment", "debug"):
         assert cfg[group] is not None
 
 

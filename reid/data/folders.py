@@ -12,6 +12,7 @@ import numpy as np
 
 from reid.data.images import filter_readable
 from reid.data.market1501 import IMAGE_EXTENSIONS, list_images
+from reid.errors import ConfigError
 from reid.data.records import DatasetError, ImageRecord, ReidSplits
 
 _LOG = logging.getLogger(__name__)
@@ -79,16 +80,16 @@ class IdentityFolders:
         test_image_fraction: float = 0.3,
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"IdentityFolders: split={split!r} is invalid: expected one of {SPLITS}")
+            raise ConfigError(f"IdentityFolders: split={split!r} is invalid: expected one of {SPLITS}")
         for key, value in (
             ("query_fraction", query_fraction),
             ("test_identity_fraction", test_identity_fraction),
             ("test_image_fraction", test_image_fraction),
         ):
             if not 0.0 < float(value) < 1.0:
-                raise ValueError(f"IdentityFolders: {key}={value!r} is invalid: expected 0 < {key} < 1")
+                raise ConfigError(f"IdentityFolders: {key}={value!r} is invalid: expected 0 < {key} < 1")
         if int(min_images_per_identity) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"IdentityFolders: min_images_per_identity={min_images_per_identity!r} is invalid: "
                 "expected an integer >= 1"
             )
@@ -97,11 +98,11 @@ class IdentityFolders:
             try:
                 self.camera_regex = re.compile(camera_pattern)
             except re.error as exc:
-                raise ValueError(
+                raise ConfigError(
                     f"IdentityFolders: camera_pattern={camera_pattern!r} is not a valid regex ({exc})"
                 ) from exc
             if self.camera_regex.groups != 1:
-                raise ValueError(
+                raise ConfigError(
                     f"IdentityFolders: camera_pattern={camera_pattern!r} has "
                     f"{self.camera_regex.groups} groups: expected exactly one group capturing "
                     r"the camera number, e.g. '_c(\d+)'"

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from reid.errors import DatasetError
 
-class DatasetError(ValueError):
-    """A dataset root, layout or image is unusable.
-
-    Raised instead of a bare ``OSError``/``KeyError`` so that the message can name the
-    offending path and say what was expected there.
-    """
+__all__ = ["DatasetError", "ImageRecord", "ReidSplits"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +45,23 @@ class ReidSplits:
         """Number of distinct train identities, i.e. the classifier's output size."""
         return len({r.pid for r in self.train})
 
+    def limit_evaluation(self, max_queries: int | None, max_gallery: int | None) -> ReidSplits:
+        """A copy evaluated on at most `max_queries` queries and `max_gallery` gallery images (a debug budget).
+
+        Queries are taken one identity at a time, so as many identities as possible stay; the gallery keeps the
+        kept queries' matches first, again one identity at a time, then fills up with the other images. Both keep
+        their original order, and the choice is deterministic.
+        """
+        query = _round_robin(self.query, max_queries)
+        kept_pids = {r.pid for r in query}
+        matches = [r for r in self.gallery if r.pid in kept_pids]
+        others = [r for r in self.gallery if r.pid not in kept_pids]
+        chosen = set(map(id, _round_robin(matches, max_gallery)))
+        room = None if max_gallery is None else max_gallery - len(chosen)
+        chosen.update(map(id, others[:room]))
+        gallery = [r for r in self.gallery if id(r) in chosen]
+        return ReidSplits(self.name, self.root, self.train, query, gallery)
+
     def summary(self) -> str:
         """Return a small aligned table (subset, #ids, #images, #cameras) for logging."""
         header = ("subset", "#ids", "#images", "#cameras")
@@ -77,3 +90,19 @@ class ReidSplits:
         lines = [f"dataset {self.name} ({self.root})", fmt(header), rule]
         lines += [fmt(row) for row in rows[1:]]
         return "\n".join(lines)
+
+
+def _round_robin(records: list[ImageRecord], limit: int | None) -> list[ImageRecord]:
+    """At most `limit` records, taking one of each identity in turn; in their original order."""
+    if limit is None or len(records) <= limit:
+        return list(records)
+    by_pid: dict[int, list[int]] = {}
+    for index, record in enumerate(records):
+        by_pid.setdefault(record.pid, []).append(index)
+    queues = [by_pid[pid] for pid in sorted(by_pid)]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < limit:
+        picked.extend(queue[depth] for queue in queues if depth < len(queue))
+        depth += 1
+    return [records[i] for i in sorted(picked[:limit])]

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from reid.errors import ConfigError
+
 
 class PKSampler(Sampler[int]):
     """Yield dataset indices in groups of ``p * k``: ``p`` distinct identities, ``k`` images each.
@@ -39,9 +41,9 @@ class PKSampler(Sampler[int]):
         for index, pid in enumerate(pids):
             groups.setdefault(int(pid), []).append(index)
         if len(groups) < self.p:
-            raise ValueError(
-                f"PKSampler: needs at least p={self.p} distinct identities per batch but the "
-                f"dataset has {len(groups)}: lower p or use a dataset with more identities"
+            raise ConfigError(
+                f"data.p={self.p}: a batch needs p distinct identities but the training set has {len(groups)}; "
+                "lower data.p or use a dataset with more identities"
             )
         self._groups = [np.asarray(groups[pid], dtype=np.int64) for pid in sorted(groups)]
         total_chunks = sum(max(1, len(g) // self.k) for g in self._groups)

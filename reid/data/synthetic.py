@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from reid.data.market1501 import SUBSETS, Market1501
+from reid.errors import ConfigError
 from reid.data.records import DatasetError, ReidSplits
 from reid.utils.process import process_exists
 
@@ -352,9 +353,9 @@ class SyntheticReID:
         )
         for key, value, minimum in checks:
             if int(value) < minimum:
-                raise ValueError(f"SyntheticReID: {key}={value!r} is invalid: expected an integer >= {minimum}")
+                raise ConfigError(f"SyntheticReID: {key}={value!r} is invalid: expected an integer >= {minimum}")
         if int(num_train_ids) + int(num_test_ids) > 9999:
-            raise ValueError(
+            raise ConfigError(
                 f"SyntheticReID: num_train_ids + num_test_ids = {int(num_train_ids) + int(num_test_ids)}: "
                 "expected at most 9999 (Market-1501 names use 4-digit pids)"
             )

@@ -57,7 +57,16 @@ class Experiment:
 
 def build_experiment(cfg: DictConfig) -> Experiment:
     device = resolve_device(cfg.trainer.device)
+    criterion = instantiate(cfg.loss)
+    check_batch = getattr(criterion, "check_batch", None)
+    if check_batch is not None:
+        check_batch(cfg.data.p, cfg.data.k)
     splits = instantiate(cfg.dataset).load()
+    if cfg.trainer.limit_eval_queries or cfg.trainer.limit_eval_gallery:
+        splits = splits.limit_evaluation(cfg.trainer.limit_eval_queries, cfg.trainer.limit_eval_gallery)
+        log.info("evaluating %d queries against %d gallery images (trainer.limit_eval_queries=%s, "
+                 "trainer.limit_eval_gallery=%s)", len(splits.query), len(splits.gallery),
+                 cfg.trainer.limit_eval_queries, cfg.trainer.limit_eval_gallery)
     log.info("%s", splits.summary())
     loaders = build_loaders(splits, cfg.data, seed=cfg.trainer.seed)
     model = build_model(cfg.backbone, cfg.head, num_classes=splits.num_classes)
@@ -65,7 +74,6 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     model.to(device)
     log.info("model %s + %s on %s; %s", model.architecture["backbone"], model.architecture["head"].rsplit(".", 1)[-1],
              device, model.describe_freezing())
-    criterion = instantiate(cfg.loss)
     optimizer = instantiate(cfg.optimizer)(model.trainable_parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer)
     return Experiment(splits, loaders, model, criterion, optimizer, scheduler, device)
@@ -113,6 +121,7 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         amp=cfg.trainer.amp,
         seed=cfg.trainer.seed,
         grad_clip=cfg.trainer.grad_clip,
+        limit_train_batches=cfg.trainer.limit_train_batches,
     )
     trainer.state.epoch = start.initial_epoch
     if resume is not None:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from reid.errors import ConfigError
+
 
 def _warmup_factor(epoch: int, warmup_epochs: int, warmup_factor: float) -> float:
     if epoch >= warmup_epochs:
@@ -32,7 +34,7 @@ class WarmupMultiStepLR(LambdaLR):
     ) -> None:
         milestones = [int(m) for m in milestones]
         if milestones != sorted(milestones):
-            raise ValueError(f"scheduler.milestones={milestones}: expected increasing epochs")
+            raise ConfigError(f"scheduler.milestones={milestones}: expected increasing epochs")
         self.milestones, self.gamma = milestones, gamma
         self.warmup_epochs, self.warmup_factor = warmup_epochs, warmup_factor
         super().__init__(optimizer, self.factor)

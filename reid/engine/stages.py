@@ -77,8 +77,16 @@ def resolve_stage_start(cfg: DictConfig) -> StageStart:
 
 
 def stage_max_epochs(cfg: DictConfig, initial_epoch: int) -> int:
-    """The global epoch the stage ends at: `stage.epochs` after its start, or `trainer.max_epochs` for the rest."""
-    end = initial_epoch + cfg.stage.epochs if cfg.stage.epochs else cfg.trainer.max_epochs
+    """The global epoch the stage ends at: `stage.epochs` after its start, or `trainer.max_epochs` for the rest.
+
+    Under a debug budget (`trainer.debug_stage_epochs=N`) a fixed-length stage trains at most N epochs and a
+    stage that runs until max_epochs at least N, so the later stages of a pipeline still train.
+    """
+    budget = cfg.trainer.debug_stage_epochs
+    if cfg.stage.epochs:
+        end = initial_epoch + (min(cfg.stage.epochs, budget) if budget else cfg.stage.epochs)
+    else:
+        end = max(cfg.trainer.max_epochs, initial_epoch + budget) if budget else cfg.trainer.max_epochs
     if end <= initial_epoch:
         raise ConfigError(
             f"stage {cfg.stage.name} starts after epoch {initial_epoch} but "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
@@ -60,6 +61,7 @@ class Trainer:
         amp: bool,
         seed: int,
         grad_clip: float | None = None,
+        limit_train_batches: int | None = None,
     ) -> None:
         self.model = model
         self.criterion = criterion
@@ -74,6 +76,7 @@ class Trainer:
         self.amp = amp and device.type == "cuda"
         self.seed = seed
         self.grad_clip = grad_clip
+        self.limit_train_batches = limit_train_batches
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = TrainState()
         self.progress: EpochProgress | None = None
@@ -125,8 +128,11 @@ class Trainer:
         started = time.perf_counter() - progress.elapsed
         lr = self.optimizer.param_groups[0]["lr"]
         steps = len(self.train_loader)
+        if self.limit_train_batches is not None:
+            steps = min(steps, self.limit_train_batches)
         self.model.train()
-        for step, (images, pids, _camids, _indices) in enumerate(self.train_loader, start=1):
+        batches = itertools.islice(self.train_loader, steps)
+        for step, (images, pids, _camids, _indices) in enumerate(batches, start=1):
             if step <= resume_at:
                 continue  # already trained before an interruption; loading it replays the same random draws
             losses, batch_correct = self.train_step(images, pids, epoch, step)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reid.errors import ConfigError
 from reid.losses.triplet import batch_hard_triplet_loss
 from reid.models.heads import HeadOutput
 
@@ -26,17 +27,29 @@ class ReidLoss(nn.Module):
     ) -> None:
         super().__init__()
         if ce_weight < 0 or triplet_weight < 0 or ce_weight + triplet_weight == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"loss.ce_weight={ce_weight}, loss.triplet_weight={triplet_weight}: expected non-negative weights, "
                 "at least one of them positive"
             )
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"loss.label_smoothing={label_smoothing}: expected a value in [0, 1)")
+            raise ConfigError(f"loss.label_smoothing={label_smoothing}: expected a value in [0, 1)")
         self.ce_weight = ce_weight
         self.triplet_weight = triplet_weight
         self.label_smoothing = label_smoothing
         self.margin = margin
         self.soft_margin = soft_margin
+
+    def check_batch(self, p: int, k: int) -> None:
+        """Refuse a P x K batch in which the triplet term can never act: it needs a positive and a negative."""
+        if self.triplet_weight <= 0:
+            return
+        needs = f"loss.triplet_weight={self.triplet_weight} (batch-hard triplet) needs"
+        if k < 2:
+            raise ConfigError(f"data.k={k}: {needs} at least 2 images of each identity in a batch, or no anchor "
+                              "has a positive; set data.k >= 2, or use loss=ce")
+        if p < 2:
+            raise ConfigError(f"data.p={p}: {needs} at least 2 identities in a batch, or no anchor has a negative; "
+                              "set data.p >= 2, or use loss=ce")
 
     def forward(self, output: HeadOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         parts: dict[str, torch.Tensor] = {}

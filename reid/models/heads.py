@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reid.errors import ConfigError
+
 
 @dataclass
 class HeadOutput:
@@ -83,7 +85,7 @@ class ArcFaceHead(nn.Module):
     def __init__(self, in_features: int, num_classes: int, scale: float = 30.0, margin: float = 0.5) -> None:
         super().__init__()
         if scale <= 0 or not 0 <= margin < math.pi / 2:
-            raise ValueError(f"head.scale={scale}, head.margin={margin}: expected scale > 0 and 0 <= margin < pi/2")
+            raise ConfigError(f"head.scale={scale}, head.margin={margin}: expected scale > 0 and 0 <= margin < pi/2")
         self.neck = nn.BatchNorm1d(in_features)
         self.classifier = ArcFaceClassifier(in_features, num_classes, scale, margin)
 

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from reid.data import PKSampler
+from reid.errors import ConfigError
 
 # 9 identities with 1..9 images: identities below k must be sampled with replacement
 PIDS = [pid for pid in range(9) for _ in range(pid + 1)]
@@ -81,7 +82,7 @@ def test_state_round_trip() -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match="at least p=10 distinct identities.*has 9"):
+    with pytest.raises(ConfigError, match="data.p=10: a batch needs p distinct identities but the training set has 9"):
         PKSampler(PIDS, p=10, k=2)
     with pytest.raises(ValueError, match="p=0"):
         PKSampler(PIDS, p=0, k=2)

@@ -65,7 +65,9 @@ def test_stage2_starts_from_stage1s_best_model_and_continues_the_epochs(compose_
 
     monkeypatch.chdir(tmp_path)
     stage1_dir = tmp_path / "outputs" / "smoke" / "runs" / "a_stage1"
-    train(compose_config("experiment=smoke", "stage=stage1", "stage.epochs=2"), run_dir=stage1_dir)
+    # experiment=smoke caps every stage at one epoch (trainer.debug_stage_epochs); this test needs two.
+    train(compose_config("experiment=smoke", "stage=stage1", "stage.epochs=2", "trainer.debug_stage_epochs=2"),
+          run_dir=stage1_dir)
     stage1 = json.loads((stage1_dir / "model_info.json").read_text())
     assert stage1["status"] == "finished" and stage1["epochs_trained"] == 2
 
