@@ -42,6 +42,7 @@ class TrainerConfig:
     resume_allow_changes: bool = False
     transfer_epochs: int = 0
     unfreeze_lr_factor: float = 0.1
+    lock_stale_after: float = 3600.0
 
 
 @dataclass
