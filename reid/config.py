@@ -46,6 +46,7 @@ class TrainerConfig:
     limit_eval_queries: Optional[int] = None
     limit_eval_gallery: Optional[int] = None
     debug_stage_epochs: Optional[int] = None
+    lock_stale_after: float = 3600.0
 
 
 @dataclass

@@ -24,6 +24,7 @@ from reid.checkpoint import LAST_CHECKPOINT, atomic_write_text
 from reid.config import flatten_config
 from reid.engine.record import read_model_info
 from reid.engine.resume import PIPELINE_STATE
+from reid.engine.run_lock import hold_run_dir
 from reid.errors import ConfigError
 
 log = logging.getLogger("reid")
@@ -180,5 +181,8 @@ def _now() -> str:
 
 
 def run_pipeline(cfg: DictConfig) -> float:
+    """Run the pipeline in the Hydra job's directory, which this process owns meanwhile (each stage's too)."""
     hydra_cfg = HydraConfig.get()
-    return Pipeline(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)).run()
+    pipeline_dir = Path(hydra_cfg.runtime.output_dir)
+    with hold_run_dir(pipeline_dir, cfg.trainer.lock_stale_after):
+        return Pipeline(cfg, pipeline_dir, list(hydra_cfg.overrides.task)).run()

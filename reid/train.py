@@ -21,6 +21,7 @@ from reid.cli import exit_on_user_error
 from reid.config import as_plain_dict, register_configs, validate_targets
 from reid.engine.build import build_experiment, build_trainer
 from reid.engine.resume import check_resume_config, resolve_resume_dir
+from reid.engine.run_lock import hold_run_dir
 from reid.engine.stages import resolve_stage_start
 from reid.engine.stopping import DIVERGED, DIVERGED_SCORE, RunInterrupted
 from reid.engine.trainer import TrainState
@@ -50,7 +51,8 @@ def score(state: TrainState) -> float:
 def train(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str] | None = None) -> float:
     """Build everything from `cfg`, train, write the run record into `run_dir`, return the score.
 
-    `overrides` are the command-line overrides recorded for the run (default: the Hydra job's).
+    `overrides` are the command-line overrides recorded for the run (default: the Hydra job's). The process owns
+    `run_dir` while it trains: another one training there makes this refuse with RunDirLocked.
     """
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     if run_dir is None:
@@ -60,6 +62,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[st
     run_dir = Path(run_dir)
     if overrides is None:
         overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+    with hold_run_dir(run_dir, cfg.trainer.lock_stale_after):
+        return _train_in(cfg, run_dir, overrides)
+
+
+def _train_in(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
     validate_targets(cfg)
     configure_determinism(cfg.trainer.deterministic)
     seed_everything(cfg.trainer.seed)

@@ -10,11 +10,12 @@ from typing import Any
 from reid.checkpoint import LAST_CHECKPOINT
 from reid.config import flatten_config
 from reid.engine.record import read_model_info
+from reid.engine.run_lock import acquire
 from reid.errors import ConfigError
 
 OUTPUTS = Path("outputs")
 # Keys that name how to resume rather than what to train; they may differ between the two invocations.
-RESUME_KEYS = ("trainer.resume", "trainer.resume_allow_changes")
+RESUME_KEYS = ("trainer.resume", "trainer.resume_allow_changes", "trainer.lock_stale_after")
 
 
 def _finished(run_dir: Path) -> bool:
@@ -65,17 +66,28 @@ def find_unfinished_pipeline(experiment_name: str, pipeline_name: str, overrides
     return max(matches, key=lambda run: (run / PIPELINE_STATE).stat().st_mtime) if matches else None
 
 
-def run_dir_resolver(resume: str | None, experiment_name: str, stage_name: str, pipeline_name: str | None,
-                     overrides: Any) -> str:
-    """Hydra's run directory: a resumed run's own, an unfinished pipeline's own (same command), or a fresh one."""
+def choose_run_dir(resume: str | None, experiment_name: str, stage_name: str, pipeline_name: str | None,
+                   overrides: list[str]) -> Path:
+    """A resumed run's own directory, an unfinished pipeline's own (same command), or a fresh one."""
     if resume:
-        return str(resolve_resume_dir(resume, experiment_name))
+        return resolve_resume_dir(resume, experiment_name)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if pipeline_name:
-        overrides = [str(o) for o in overrides]
         unfinished = find_unfinished_pipeline(experiment_name, pipeline_name, overrides)
-        return str(unfinished or OUTPUTS / experiment_name / "pipelines" / f"{stamp}_{pipeline_name}")
-    return str(OUTPUTS / experiment_name / "runs" / f"{stamp}_{stage_name}")
+        return unfinished or OUTPUTS / experiment_name / "pipelines" / f"{stamp}_{pipeline_name}"
+    return OUTPUTS / experiment_name / "runs" / f"{stamp}_{stage_name}"
+
+
+def run_dir_resolver(resume: str | None, experiment_name: str, stage_name: str, pipeline_name: str | None,
+                     overrides: Any, lock_stale_after: float) -> str:
+    """Hydra's run directory, claimed for this process before Hydra creates anything in it.
+
+    Claimed until the process exits (train() and pipelines also hold it while they run), so a second process
+    resuming the same run, or rerunning the same pipeline command, refuses with RunDirLocked and touches nothing.
+    """
+    run_dir = choose_run_dir(resume, experiment_name, stage_name, pipeline_name, [str(o) for o in overrides])
+    acquire(run_dir, lock_stale_after)
+    return str(run_dir)
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, dict[str, Any]]:

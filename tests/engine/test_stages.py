@@ -127,6 +127,7 @@ def test_three_stage_pipeline_resumes_the_interrupted_stage(tmp_path, data_dir):
     (pipeline_dir,) = (tmp_path / "outputs" / "smoke" / "pipelines").iterdir()
     state = json.loads((pipeline_dir / "PIPELINE.json").read_text())
     assert state["status"] == "stopped in stage2" and state["results"]["stage1"]["status"] == "finished"
+    assert not list(pipeline_dir.rglob(".reid.lock"))  # Ctrl+C released the pipeline's and the stage's locks
     stage1_mtime = (pipeline_dir / "1_stage1" / "model_info.json").stat().st_mtime
 
     result = run_train(PIPELINE, tmp_path, data_dir)
