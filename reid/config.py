@@ -32,6 +32,7 @@ class TrainerConfig:
     max_epochs: int = 120
     eval_every: int = 5
     patience: int = 30
+    monitor: str = "mAP"
     device: str = "auto"
     amp: bool = True
     seed: int = 0

@@ -108,7 +108,7 @@ class Pipeline:
         return self.dir / f"{index}_{stage}"
 
     def run(self) -> float:
-        """Run or resume every stage; returns the final stage's best mAP."""
+        """Run or resume every stage; returns the final stage's best monitored metric (trainer.monitor)."""
         from reid.train import train
 
         self._save()
@@ -120,7 +120,7 @@ class Pipeline:
             if _status(stage_dir) == "finished":
                 log.info("pipeline %s: stage %d/%d %s already finished, skipping", self.name, index, len(self.stages),
                          stage)
-                value = self._record_result(stage, stage_dir)["best_map"]
+                value = self._record_result(stage, stage_dir)["best_value"]
                 previous = stage_dir
                 continue
             if (stage_dir / LAST_CHECKPOINT).is_file():
@@ -147,7 +147,9 @@ class Pipeline:
                 return value
             self._save()
             previous = stage_dir
-        self.state.update(status="finished", ended=_now(), best_map=value)
+        final = self.state["results"][self.stages[-1]]
+        self.state.update(status="finished", ended=_now(), monitor=final["monitor"], best_value=value,
+                          best_map=final["best_map"])
         self._save()
         return value
 
@@ -155,7 +157,9 @@ class Pipeline:
         info = read_model_info(stage_dir)
         if info is None:
             raise RuntimeError(f"stage run {stage_dir} ended without a readable model_info.json")
-        result = {"run_dir": str(stage_dir.resolve()), "status": info["status"], "best_map": info["best_map"],
+        result = {"run_dir": str(stage_dir.resolve()), "status": info["status"],
+                  "monitor": info.get("monitor", "mAP"), "best_value": info.get("best_value", info["best_map"]),
+                  "best_map": info["best_map"],
                   "best_epoch": info["best_epoch"], "epochs_trained": info["epochs_trained"],
                   "stopping_reason": info["stopping_reason"]["message"]}
         self.state["results"][stage] = result

@@ -22,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m reid.plateau",
         description=f"Diagnose a stalled run and write {DIAGNOSIS_TXT} into its directory. Patterns: CE near "
-                    "ln(num_classes), triplet loss at its margin, CE far above the weighted triplet term, mAP flat "
-                    "while the loss falls, an LR drop before the loss settled, mAP still rising at the end.",
+                    "ln(num_classes), triplet loss at its margin, CE far above the weighted triplet term, the "
+                    "monitored metric (trainer.monitor, mAP by default) flat while the loss falls, an LR drop before "
+                    "the loss settled, the monitored metric still rising at the end.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("run_dir", type=Path, help="a run directory written by `python -m reid.train`")

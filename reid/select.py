@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from reid.cli import reports_user_errors
-from reid.selection.ranking import RANK_METRICS, rank_runs
+from reid.selection.ranking import RANK_METRICS, default_metric, rank_runs
 from reid.selection.records import RunCollection, SelectionError, load_run_dirs, load_study
 from reid.selection.report import render_text, write_reports
 
@@ -20,17 +20,20 @@ from reid.selection.report import render_text, write_reports
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m reid.select",
-        description="Rank training runs and write BEST_MODEL_SELECTION.{txt,md,csv,png}. Rule: best mAP; ties go "
-                    "to the higher rank-1, then to fewer epochs trained. Failed, pruned and diverged runs are listed "
-                    "apart; damaged records are listed with what is wrong.",
+        description="Rank training runs and write BEST_MODEL_SELECTION.{txt,md,csv,png}. Rule: best mAP (or the "
+                    "runs' own trainer.monitor when they share one); ties go to the higher rank-1, then to fewer "
+                    "epochs trained. Failed, pruned and diverged runs are listed apart; damaged records are listed "
+                    "with what is wrong.",
     )
     parser.add_argument("dirs", nargs="*", type=Path, metavar="DIR",
                         help="run, sweep or outputs directories, searched recursively for run records")
     parser.add_argument("--storage", help="an Optuna storage to read instead of (or besides) directories: a URL "
                                           "such as sqlite:///study.db, a .db file, or a .log/.journal journal file")
     parser.add_argument("--study", help="the study name in --storage (needed when it holds more than one)")
-    parser.add_argument("--metric", choices=RANK_METRICS, default="mAP",
-                        help="what ranks the runs (default: mAP); the other figures break ties")
+    parser.add_argument("--metric", choices=RANK_METRICS,
+                        help="what ranks the runs (default: the trainer.monitor the runs recorded when they all "
+                             "share one, else mAP; val_top1 exists for closed-set runs); the other figures break "
+                             "ties")
     parser.add_argument("--out", type=Path, help="where to write the reports (default: the first DIR, or the "
                                                   "current directory with only --storage)")
     parser.add_argument("--quiet", action="store_true", help="print only the winner's path, not the whole report")
@@ -58,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reid.select: no run records (model_info.json / training_history.json) found in {where}",
               file=sys.stderr)
         return 1
-    ranking = rank_runs(collection, args.metric)
+    metric = args.metric
+    if metric is None:
+        metric, note = default_metric(collection)
+        if note:
+            print(f"reid.select: {note}", file=sys.stderr)
+    ranking = rank_runs(collection, metric)
     out_dir = args.out or (args.dirs[0] if args.dirs else Path.cwd())
     paths = write_reports(ranking, out_dir)
     if args.quiet:

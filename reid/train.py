@@ -1,7 +1,7 @@
 """The training entrypoint: `python -m reid.train [group=option ...] [key=value ...]`.
 
-Returns the run's best mAP so a Hydra sweeper can optimize it; a diverged run returns -1.0, which ranks
-last, never NaN.
+Returns the run's best value of `trainer.monitor` (mAP by default) so a Hydra sweeper can optimize it; a
+diverged run returns -1.0, which ranks last, never NaN.
 """
 
 from __future__ import annotations
@@ -40,12 +40,13 @@ register_configs()
 
 
 def score(state: TrainState) -> float:
-    """The value a sweeper optimizes: best mAP, or a value below any mAP for a diverged or unscored run."""
+    """The value a sweeper optimizes: the best monitored metric, or a value below any of them (all lie in [0, 1])
+    for a diverged or unscored run."""
     if state.stop is not None and state.stop.kind == DIVERGED:
         return DIVERGED_SCORE
-    if state.best_map is None or not math.isfinite(state.best_map):
+    if state.best_value is None or not math.isfinite(state.best_value):
         return DIVERGED_SCORE
-    return float(state.best_map)
+    return float(state.best_value)
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str] | None = None) -> float:

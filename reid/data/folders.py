@@ -189,7 +189,8 @@ class IdentityFolders:
                 f"{self.split!r}: expected identities with at least "
                 f"{2 if self.split == 'open' else 3} images each"
             )
-        return ReidSplits(name=self.name, root=root, train=train, query=query, gallery=gallery)
+        return ReidSplits(name=self.name, root=root, train=train, query=query, gallery=gallery,
+                          closed_set=self.split == "closed")
 
     def _open_split(
         self, root: str, names: list[str], kept: dict[str, list[str]]

@@ -18,7 +18,8 @@ class ImageRecord:
     """One image of one identity seen by one camera.
 
     ``camid`` is 0-based; ``pid`` is the training label for train records and the
-    dataset's own identity number for query/gallery records.
+    dataset's own identity number for query/gallery records (in a closed-set split, the
+    training label there too).
     """
 
     path: str
@@ -32,6 +33,8 @@ class ReidSplits:
 
     Train pids are relabelled ``0..num_classes-1`` so they can index a classifier;
     query/gallery pids are only compared for equality by the evaluation protocol.
+    ``closed_set``: query/gallery images belong to training identities and their pids are
+    the training labels, so the classifier's logits can be scored on them as well.
     """
 
     name: str
@@ -39,6 +42,7 @@ class ReidSplits:
     train: list[ImageRecord] = field(default_factory=list)
     query: list[ImageRecord] = field(default_factory=list)
     gallery: list[ImageRecord] = field(default_factory=list)
+    closed_set: bool = False
 
     @property
     def num_classes(self) -> int:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from reid.config import as_plain_dict
 from reid.data.loaders import Loaders, build_loaders
 from reid.data.records import ReidSplits
-from reid.engine.evaluator import Evaluator
+from reid.engine.evaluator import Evaluator, valid_monitors
 from reid.engine.record import RunRecord, RunRecordHook
 from reid.engine.stages import StageStart, UnfreezeAfter, stage_max_epochs
 from reid.engine.standard_hooks import CheckpointSaver, EarlyStopping, ProgressLogger
@@ -39,7 +39,20 @@ def dataset_info(splits: ReidSplits) -> dict[str, Any]:
                 "cameras": len({r.camid for r in records})}
 
     return {"name": splits.name, "root": str(splits.root), "num_classes": splits.num_classes,
+            "closed_set": splits.closed_set,
             "train": count(splits.train), "query": count(splits.query), "gallery": count(splits.gallery)}
+
+
+def check_monitor(monitor: str, splits: ReidSplits) -> None:
+    """Refuse a `trainer.monitor` this dataset's evaluation cannot produce, before anything trains."""
+    valid = valid_monitors(splits.closed_set)
+    if monitor in valid:
+        return
+    why = "" if splits.closed_set else (
+        "; the classifier's val_top1 needs held-out images of the training identities "
+        "(dataset=folders dataset.split=closed)")
+    raise ConfigError(f"trainer.monitor={monitor!r} is not available for dataset {splits.name}: "
+                      f"expected one of {', '.join(valid)}{why}")
 
 
 @dataclass
@@ -68,6 +81,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
                  "trainer.limit_eval_gallery=%s)", len(splits.query), len(splits.gallery),
                  cfg.trainer.limit_eval_queries, cfg.trainer.limit_eval_gallery)
     log.info("%s", splits.summary())
+    check_monitor(cfg.trainer.monitor, splits)
     loaders = build_loaders(splits, cfg.data, seed=cfg.trainer.seed)
     model = build_model(cfg.backbone, cfg.head, num_classes=splits.num_classes)
     model.set_freeze_level(cfg.stage.freeze_level)
@@ -93,7 +107,8 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
     record = RunRecord(run_dir, config, dataset_info(experiment.splits), overrides=overrides)
     record.info.update(max_epochs=max_epochs, lineage=start.lineage)
     evaluator = Evaluator(experiment.loaders.test, experiment.loaders.num_query, experiment.device,
-                          amp=cfg.trainer.amp, distance=cfg.data.distance)
+                          amp=cfg.trainer.amp, distance=cfg.data.distance,
+                          classification=experiment.splits.closed_set)
     hooks = [
         ProgressLogger(cfg.trainer.log_every),
         EarlyStopping(cfg.trainer.patience),
@@ -122,6 +137,7 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         seed=cfg.trainer.seed,
         grad_clip=cfg.trainer.grad_clip,
         limit_train_batches=cfg.trainer.limit_train_batches,
+        monitor=cfg.trainer.monitor,
     )
     trainer.state.epoch = start.initial_epoch
     if resume is not None:

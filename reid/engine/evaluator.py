@@ -1,13 +1,29 @@
-"""Evaluation during training: embed query and gallery, rank by distance, score with the Market-1501 protocol."""
+"""Evaluation during training: embed query and gallery, rank by distance, score with the Market-1501 protocol.
+
+On a closed-set split (query/gallery images of training identities, labelled with their training classes) the
+classifier is scored on the same held-out images too: `val_loss`, `val_top1`, `val_top5`.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from reid.metrics import compute_distance_matrix, evaluate_rank
+
+RANKING_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+CLASSIFICATION_METRICS = ("val_loss", "val_top1", "val_top5")
+# The metrics `trainer.monitor` can name to pick best_model.pth; every one of them is better when higher.
+RANKING_MONITORS = ("mAP", "rank1", "mINP")
+CLASSIFICATION_MONITORS = ("val_top1",)
+
+
+def valid_monitors(classification: bool) -> tuple[str, ...]:
+    """What `trainer.monitor` may be: the ranking metrics, plus val_top1 where the classifier is scored."""
+    return RANKING_MONITORS + (CLASSIFICATION_MONITORS if classification else ())
 
 
 @torch.no_grad()
@@ -29,25 +45,60 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
     return torch.cat(features), np.concatenate(pids), np.concatenate(camids)
 
 
-class Evaluator:
-    """Callable that scores a model: mAP, rank-1/5/10 and mINP."""
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Mean cross-entropy and top-1/top-5 accuracy of class logits (N x C) against integer labels (N).
 
-    def __init__(self, loader: DataLoader, num_query: int, device: torch.device, amp: bool, distance: str) -> None:
+    The CE is plain, without the training loss's label smoothing, so it reads the same whatever the loss config.
+    With fewer than 5 classes, top-5 counts every image as a hit.
+    """
+    logits, labels = logits.float(), labels.long()
+    ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    hits = ranked == labels[:, None]
+    count = len(labels)
+    return {
+        "val_loss": float(F.cross_entropy(logits, labels)),
+        "val_top1": int(hits[:, 0].sum()) / count,
+        "val_top5": int(hits.any(dim=1).sum()) / count,
+    }
+
+
+@torch.no_grad()
+def class_logits(model: nn.Module, embeddings: torch.Tensor, device: torch.device,
+                 batch_size: int) -> torch.Tensor:
+    """The classifier's logits (float32, on CPU) for eval-mode embeddings, in chunks of `batch_size`."""
+    return torch.cat([model.classify(chunk.to(device)).float().cpu() for chunk in embeddings.split(batch_size)])
+
+
+class Evaluator:
+    """Callable that scores a model: mAP, rank-1/5/10 and mINP; with `classification`, also the classifier's
+    val_loss, val_top1 and val_top5 on the query + gallery images (whose pids must be training labels)."""
+
+    def __init__(self, loader: DataLoader, num_query: int, device: torch.device, amp: bool, distance: str,
+                 classification: bool = False) -> None:
         self.loader = loader
         self.num_query = num_query
         self.device = device
         self.amp = amp
         self.distance = distance
+        self.classification = classification
+
+    @property
+    def monitors(self) -> tuple[str, ...]:
+        return valid_monitors(self.classification)
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         features, pids, camids = extract_features(model, self.loader, self.device, self.amp)
         q = self.num_query
         distances = compute_distance_matrix(features[:q], features[q:], metric=self.distance)
         result = evaluate_rank(distances, pids[:q], pids[q:], camids[:q], camids[q:], max_rank=10)
-        return {
+        metrics = {
             "mAP": float(result.mAP),
             "rank1": float(result.cmc[0]),
             "rank5": float(result.cmc[min(4, len(result.cmc) - 1)]),
             "rank10": float(result.cmc[min(9, len(result.cmc) - 1)]),
             "mINP": float(result.mINP),
         }
+        if self.classification:
+            logits = class_logits(model, features, self.device, self.loader.batch_size or len(features))
+            metrics.update(classification_metrics(logits, torch.from_numpy(pids)))
+        return metrics

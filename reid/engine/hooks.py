@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from reid.engine.evaluator import RANKING_METRICS
+
 if TYPE_CHECKING:
     from reid.engine.trainer import Trainer
 
@@ -25,7 +27,8 @@ class StepInfo:
 
 @dataclass
 class EpochResult:
-    """One epoch's figures: the row of metrics.csv and training_history.json."""
+    """One epoch's figures: the row of metrics.csv and training_history.json (the classifier's val_loss, val_top1
+    and val_top5 after the ranking metrics, where the evaluation gives them)."""
 
     epoch: int
     lr: float
@@ -39,8 +42,9 @@ class EpochResult:
         row: dict[str, Any] = {"epoch": self.epoch, "lr": self.lr}
         row.update({("loss" if k == "total" else f"loss_{k}"): v for k, v in self.losses.items()})
         row["train_top1"] = self.train_top1
-        for key in ("mAP", "rank1", "rank5", "rank10", "mINP"):
+        for key in RANKING_METRICS:
             row[key] = None if self.metrics is None else self.metrics[key]
+        row.update({key: value for key, value in (self.metrics or {}).items() if key not in row})
         row["epoch_time"] = self.epoch_time
         return row
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reid.checkpoint import BEST_MODEL, FINAL_MODEL, LAST_CHECKPOINT, atomic_write_text
+from reid.engine.evaluator import CLASSIFICATION_METRICS
 from reid.engine.hooks import EpochResult, Hook
 from reid.engine.stopping import COMPLETED, DIVERGED, EARLY_STOPPING, ERROR, INTERRUPTED, OUT_OF_MEMORY, StopReason
 from reid.utils.env import library_versions
@@ -31,6 +32,8 @@ STOPPING_REASON_TXT = "STOPPING_REASON.txt"
 
 CSV_COLUMNS = ["epoch", "lr", "loss", "loss_ce", "loss_tri", "train_top1", "mAP", "rank1", "rank5", "rank10", "mINP",
                "epoch_time"]
+# Columns only closed-set runs have; metrics.csv places them before epoch_time.
+OPTIONAL_COLUMNS = list(CLASSIFICATION_METRICS)
 
 
 def _now() -> str:
@@ -93,6 +96,7 @@ def resume_command(info: dict[str, Any]) -> str:
 def recommendation(stop: StopReason, info: dict[str, Any]) -> str:
     """What to do next, given how the run ended."""
     still_improving = info.get("still_improving", False)
+    monitor = info.get("monitor", "mAP")
     if stop.kind == DIVERGED:
         return ("The loss became NaN/Inf. Lower the learning rate (e.g. optimizer.lr=<half of now>) or clip "
                 "gradients (trainer.grad_clip=5.0); AMP overflow can also cause it. best_model.pth from before "
@@ -106,10 +110,10 @@ def recommendation(stop: StopReason, info: dict[str, Any]) -> str:
     if stop.kind == ERROR:
         return "Fix the error above and rerun; the log (log.txt) has the full traceback."
     if still_improving:
-        return ("mAP was still improving at the last evaluation: more epochs may pay "
+        return (f"{monitor} was still improving at the last evaluation: more epochs may pay "
                 "(raise trainer.max_epochs). Deploy best_model.pth meanwhile.")
     if stop.kind in (EARLY_STOPPING, COMPLETED):
-        return ("The run converged. Deploy best_model.pth. If its mAP is too low, try a higher learning rate, "
+        return (f"The run converged. Deploy best_model.pth. If its {monitor} is too low, try a higher learning rate, "
                 "a cosine schedule or a different loss balance.")
     return "Deploy best_model.pth."
 
@@ -132,6 +136,8 @@ class RunRecord:
             "stage": config["stage"]["name"],
             "command": command if command is not None else [sys.executable, *sys.argv],
             "overrides": overrides or [],
+            "monitor": config["trainer"].get("monitor", "mAP"),
+            "best_value": None,
             "best_map": None,
             "best_epoch": None,
             "best_rank1": None,
@@ -173,6 +179,8 @@ class RunRecord:
         write_json(self.run_dir / HISTORY_JSON, {"epochs": history})
         times = [row["epoch_time"] for row in history]
         self.info.update(
+            monitor=state.monitor,
+            best_value=state.best_value,
             best_map=state.best_map,
             best_epoch=state.best_epoch or None,
             best_rank1=(state.best_metrics or {}).get("rank1"),
@@ -187,7 +195,8 @@ class RunRecord:
         write_json(self.run_dir / MODEL_INFO_JSON, self.info)
 
     def _write_csv(self, history: list[dict[str, Any]]) -> None:
-        columns = list(CSV_COLUMNS)
+        present = {key for row in history for key in row}
+        columns = CSV_COLUMNS[:-1] + [key for key in OPTIONAL_COLUMNS if key in present] + CSV_COLUMNS[-1:]
         for row in history:
             columns.extend(key for key in row if key not in columns)
         buffer = io.StringIO()
@@ -214,14 +223,19 @@ class RunRecord:
     def stopping_reason_text(self, stop: StopReason, trainer: Trainer) -> str:
         state = trainer.state
         info = self.info
-        best = state.best_map
+        best = state.best_value
         lines = [f"Training stopped: {stop.message}", ""]
+        label = f"Best {state.monitor}:"
         if best is None:
-            lines.append("Best mAP:        none (no evaluation finished)")
+            lines.append(f"{label:<17}none (no evaluation finished)")
         else:
-            rank1 = (state.best_metrics or {}).get("rank1")
-            lines.append(f"Best mAP:        {best:.4f} at epoch {state.best_epoch}"
-                         + (f" (rank-1 {rank1:.4f})" if rank1 is not None else ""))
+            metrics = state.best_metrics or {}
+            others = [f"{name} {metrics[key]:.4f}" for key, name in (("mAP", "mAP"), ("rank1", "rank-1"))
+                      if key != state.monitor and metrics.get(key) is not None]
+            lines.append(f"{label:<17}{best:.4f} at epoch {state.best_epoch}"
+                         + (f" ({', '.join(others)})" if others else ""))
+            if state.monitor != "mAP":
+                lines.append(f"{'Monitored by:':<17}trainer.monitor={state.monitor}")
         lines += [
             f"Epochs trained:  {state.epoch} of {info['max_epochs']}",
             f"Run directory:   {info['run_dir']}",

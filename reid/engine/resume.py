@@ -7,8 +7,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from reid.checkpoint import LAST_CHECKPOINT
-from reid.config import flatten_config
+from reid.config import ReidConfig, flatten_config
 from reid.engine.record import read_model_info
 from reid.engine.run_lock import acquire
 from reid.errors import ConfigError
@@ -90,9 +92,22 @@ def run_dir_resolver(resume: str | None, experiment_name: str, stage_name: str, 
     return str(run_dir)
 
 
+def schema_defaults() -> dict[str, Any]:
+    """The structured config's default of every fixed-section key (`trainer.*`, `data.*`, ...), flattened."""
+    return flatten_config(OmegaConf.to_container(OmegaConf.structured(ReidConfig)))
+
+
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Keys whose values differ between the checkpoint's config and the current one: {key: {old, new}}."""
+    """Keys whose values differ between the checkpoint's config and the current one: {key: {old, new}}.
+
+    A key the checkpoint's config lacks is no change while it holds its schema default: it was added to reid after
+    the checkpoint was written (e.g. `trainer.monitor`), and that default is how the old run behaved.
+    """
     old, new = flatten_config(saved), flatten_config(current)
+    defaults = schema_defaults()
+    for key in set(new) - set(old):
+        if key in defaults and defaults[key] == new[key]:
+            old[key] = new[key]
     keys = sorted((set(old) | set(new)) - set(RESUME_KEYS))
     return {key: {"old": old.get(key), "new": new.get(key)} for key in keys if old.get(key) != new.get(key)}
 

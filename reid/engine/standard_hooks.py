@@ -1,4 +1,4 @@
-"""The hooks every run uses: early stopping on mAP, checkpoint saving, and console progress."""
+"""The hooks every run uses: early stopping on the monitored metric, checkpoint saving, and console progress."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import torch
 
 from reid.checkpoint import BEST_MODEL, FINAL_MODEL, LAST_CHECKPOINT, save_model_file, save_training_checkpoint
+from reid.engine.evaluator import CLASSIFICATION_METRICS
 from reid.engine.hooks import EpochResult, Hook, StepInfo
 from reid.engine.stopping import DIVERGED, StopReason
 
@@ -22,23 +23,23 @@ log = logging.getLogger("reid")
 
 
 class EarlyStopping(Hook):
-    """Stop once `patience` epochs have passed since the best mAP (0 disables)."""
+    """Stop once `patience` epochs have passed since the best value of the monitored metric (0 disables)."""
 
     def __init__(self, patience: int) -> None:
         self.patience = patience
 
     def after_epoch(self, trainer: Trainer, result: EpochResult) -> None:
         state = trainer.state
-        if self.patience <= 0 or result.metrics is None or state.best_map is None:
+        if self.patience <= 0 or result.metrics is None or state.best_value is None:
             return
         waited = result.epoch - state.best_epoch
         if waited >= self.patience:
-            state.stop = StopReason.early_stopping(waited, self.patience)
+            state.stop = StopReason.early_stopping(waited, self.patience, state.monitor)
 
 
 class CheckpointSaver(Hook):
-    """best_model.pth on each new best mAP, the resumable last checkpoint every epoch (and on a signal),
-    model_final.pth at the end. After an error the last checkpoint stays the last complete epoch's."""
+    """best_model.pth on each new best of the monitored metric, the resumable last checkpoint every epoch (and on a
+    signal), model_final.pth at the end. After an error the last checkpoint stays the last complete epoch's."""
 
     def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
         self.run_dir = Path(run_dir)
@@ -79,11 +80,20 @@ def format_losses(losses: dict[str, float]) -> str:
     return f"{text} ({' '.join(parts)})" if parts else text
 
 
-def epoch_line(result: EpochResult, max_epochs: int) -> str:
-    """`[Epoch 3/60] lr=3.50e-04 | loss=4.12 (ce=3.90 tri=0.22) | mAP=0.412 R1=0.633 | 41.2s`"""
+def epoch_line(result: EpochResult, max_epochs: int, monitor: str = "mAP") -> str:
+    """`[Epoch 3/60] lr=3.50e-04 | loss=4.12 (ce=3.90 tri=0.22) | mAP=0.412 R1=0.633 | 41.2s`
+
+    The classifier's figures follow where the evaluation has them (`val_loss=0.712 val_top1=0.812 val_top5=0.950`),
+    then the monitored metric if not shown yet; `*` marks a new best of the monitored metric.
+    """
     text = f"[Epoch {result.epoch}/{max_epochs}] lr={result.lr:.2e} | {format_losses(result.losses)}"
     if result.metrics is not None:
-        text += f" | mAP={result.metrics['mAP']:.3f} R1={result.metrics['rank1']:.3f}"
+        metrics = result.metrics
+        text += f" | mAP={metrics['mAP']:.3f} R1={metrics['rank1']:.3f}"
+        extra = [key for key in CLASSIFICATION_METRICS if key in metrics]
+        if monitor not in ("mAP", "rank1", *extra):
+            extra.append(monitor)
+        text += "".join(f" {key}={metrics[key]:.3f}" for key in extra)
         if result.improved:
             text += " *"
     return text + f" | {result.epoch_time:.1f}s"
@@ -119,11 +129,11 @@ class ProgressLogger(Hook):
                      format_losses(info.losses))
 
     def after_epoch(self, trainer: Trainer, result: EpochResult) -> None:
-        log.info(epoch_line(result, trainer.max_epochs))
+        log.info(epoch_line(result, trainer.max_epochs, trainer.state.monitor))
 
     def after_train(self, trainer: Trainer) -> None:
         stop = trainer.state.stop
-        best = trainer.state.best_map
+        best = trainer.state.best_value
         finite = best is not None and math.isfinite(best)
         best_text = f"{best:.4f} at epoch {trainer.state.best_epoch}" if finite else "none"
-        log.info("stopped: %s | best mAP %s", stop.message if stop else "unknown", best_text)
+        log.info("stopped: %s | best %s %s", stop.message if stop else "unknown", trainer.state.monitor, best_text)

@@ -50,11 +50,11 @@ class StopReason:
         return cls(COMPLETED, f"all {max_epochs} epochs completed", {"max_epochs": max_epochs})
 
     @classmethod
-    def early_stopping(cls, epochs_without_improvement: int, patience: int) -> StopReason:
+    def early_stopping(cls, epochs_without_improvement: int, patience: int, monitor: str = "mAP") -> StopReason:
         return cls(
             EARLY_STOPPING,
-            f"no mAP improvement for {epochs_without_improvement} epochs (early-stopping patience {patience})",
-            {"epochs_without_improvement": epochs_without_improvement, "patience": patience},
+            f"no {monitor} improvement for {epochs_without_improvement} epochs (early-stopping patience {patience})",
+            {"epochs_without_improvement": epochs_without_improvement, "patience": patience, "monitor": monitor},
         )
 
     @classmethod

@@ -21,15 +21,29 @@ from reid.utils.seed import capture_rng_state, restore_rng_state, seed_everythin
 
 @dataclass
 class TrainState:
-    """Progress that hooks read and the checkpoint saves: enough to continue a run exactly."""
+    """Progress that hooks read and the checkpoint saves: enough to continue a run exactly.
+
+    `monitor` (trainer.monitor) is the metric that picks the best epoch; `best_metrics` are every metric of that
+    epoch, i.e. of best_model.pth, and the best figures derive from them.
+    """
 
     epoch: int = 0
     global_step: int = 0
-    best_map: float | None = None
+    monitor: str = "mAP"
     best_epoch: int = 0
     best_metrics: dict[str, float] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     stop: StopReason | None = None
+
+    @property
+    def best_value(self) -> float | None:
+        """The monitored metric of the best epoch (None before the first evaluation)."""
+        return None if self.best_metrics is None else self.best_metrics.get(self.monitor)
+
+    @property
+    def best_map(self) -> float | None:
+        """The mAP of the best epoch: the best mAP when `monitor` is mAP."""
+        return None if self.best_metrics is None else self.best_metrics.get("mAP")
 
 
 @dataclass
@@ -62,6 +76,7 @@ class Trainer:
         seed: int,
         grad_clip: float | None = None,
         limit_train_batches: int | None = None,
+        monitor: str = "mAP",
     ) -> None:
         self.model = model
         self.criterion = criterion
@@ -78,7 +93,7 @@ class Trainer:
         self.grad_clip = grad_clip
         self.limit_train_batches = limit_train_batches
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.state = TrainState()
+        self.state = TrainState(monitor=monitor)
         self.progress: EpochProgress | None = None
         self.stop_signal: int | None = None
 
@@ -188,9 +203,8 @@ class Trainer:
     def _track_best(self, result: EpochResult) -> None:
         if result.metrics is None:
             return
-        mean_ap = result.metrics["mAP"]
-        if self.state.best_map is None or mean_ap > self.state.best_map:
-            self.state.best_map = mean_ap
+        value = result.metrics[self.state.monitor]
+        if self.state.best_value is None or value > self.state.best_value:
             self.state.best_epoch = result.epoch
             self.state.best_metrics = dict(result.metrics)
             result.improved = True
@@ -239,10 +253,11 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": state.epoch,
             "global_step": state.global_step,
+            "monitor": state.monitor,
             "best_map": state.best_map,
             "best_epoch": state.best_epoch,
             "best_metrics": state.best_metrics,
-            "epochs_without_improvement": state.epoch - state.best_epoch if state.best_map is not None else 0,
+            "epochs_without_improvement": state.epoch - state.best_epoch if state.best_value is not None else 0,
             "history": state.history,
             "epoch_progress": None if progress is None else vars(progress).copy(),
             "freeze_level": self.model.freeze_level,
@@ -254,7 +269,11 @@ class Trainer:
         }
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
-        """Load a checkpoint made by `checkpoint()`; the next `fit()` continues after its last step."""
+        """Load a checkpoint made by `checkpoint()`; the next `fit()` continues after its last step.
+
+        The best so far is taken from the checkpoint's `best_metrics` under this trainer's monitor, so checkpoints
+        written before `trainer.monitor` existed (monitoring mAP) resume as they were.
+        """
         if checkpoint["unfrozen_lr_factor"] is not None and len(self.optimizer.param_groups) == 1:
             self.unfreeze_all(checkpoint["unfrozen_lr_factor"])  # the run had passed transfer_epochs
         self.model.set_freeze_level(checkpoint["freeze_level"])
@@ -265,7 +284,7 @@ class Trainer:
         self.state = TrainState(
             epoch=checkpoint["epoch"],
             global_step=checkpoint["global_step"],
-            best_map=checkpoint["best_map"],
+            monitor=self.state.monitor,
             best_epoch=checkpoint["best_epoch"],
             best_metrics=checkpoint["best_metrics"],
             history=list(checkpoint["history"]),

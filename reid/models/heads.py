@@ -1,7 +1,8 @@
 """Heads: a neck that turns pooled backbone features into the embedding, and an identity classifier.
 
 Every head returns a `HeadOutput` in training and the retrieval embedding in eval mode. `neck` and
-`classifier` are separate modules so freezing can tell them apart.
+`classifier` are separate modules so freezing can tell them apart, and `classifier` applied to the eval-mode
+embedding gives the class logits (ArcFace: without its margin), which closed-set validation scores.
 """
 
 from __future__ import annotations

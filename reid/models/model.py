@@ -34,6 +34,10 @@ class ReidModel(nn.Module):
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> HeadOutput | torch.Tensor:
         return self.head(self.backbone(images), labels)
 
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Class logits of eval-mode embeddings (closed-set validation); ArcFace's come without the margin."""
+        return self.head.classifier(embedding)
+
     def frozen_module_names(self) -> list[str]:
         return ["backbone", "head.neck"][: self.freeze_level]
 

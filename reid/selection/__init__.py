@@ -4,7 +4,7 @@
 what stalled one run. `model_from_payload` rebuilds a selected `best_model.pth` for inference.
 """
 
-from reid.selection.ranking import RANK_METRICS, Ranking, rank_runs, sort_key
+from reid.selection.ranking import RANK_METRICS, Ranking, default_metric, rank_runs, sort_key
 from reid.selection.records import (
     DamagedRecord,
     RunCollection,
@@ -25,6 +25,7 @@ __all__ = [
     "RunCollection",
     "RunSummary",
     "SelectionError",
+    "default_metric",
     "load_run_dirs",
     "load_study",
     "model_from_payload",

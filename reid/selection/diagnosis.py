@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from reid.checkpoint import BEST_MODEL, atomic_write_text
+from reid.engine.evaluator import CLASSIFICATION_MONITORS
 from reid.engine.record import HISTORY_JSON, MODEL_INFO_JSON
 from reid.selection.records import SelectionError, find_run_dirs, read_history, read_json, user_overrides
 
@@ -59,18 +60,19 @@ class Thresholds:
                                               "many times the weighted triplet term")
     imbalance_epochs: int = _threshold(3, "the loss balance is measured (median) over this many first epochs, "
                                           "before the triplet term shrinks as a healthy run learns")
-    flat_evals: int = _threshold(4, "mAP counts as flat when none of the last this-many evaluations beats the "
-                                    "first of them by more than --flat-tolerance")
-    flat_tolerance: float = _threshold(0.005, "the mAP gain (absolute) that still counts as flat")
-    loss_drop: float = _threshold(0.10, "flat mAP counts as overfitting when the training loss fell by at "
-                                         "least this fraction over the same evaluations")
+    flat_evals: int = _threshold(4, "the monitored metric (the run's trainer.monitor, mAP by default) counts as "
+                                    "flat when none of the last this-many evaluations beats the first of them by "
+                                    "more than --flat-tolerance")
+    flat_tolerance: float = _threshold(0.005, "the gain (absolute) of the monitored metric that still counts as flat")
+    loss_drop: float = _threshold(0.10, "a flat monitored metric counts as overfitting when the training loss fell "
+                                         "by at least this fraction over the same evaluations")
     lr_drop: float = _threshold(0.5, "an LR drop is an epoch whose LR is at most this fraction of the previous "
                                      "epoch's")
     settle_epochs: int = _threshold(3, "the loss had settled before a drop if it fell less than --settle-fall "
                                        "over this many epochs before it")
     settle_fall: float = _threshold(0.10, "the fraction of loss fall that means 'still falling'")
     improving_gain: float = _threshold(0.001, "still improving: the last evaluation beat every earlier one by at "
-                                              "least this much mAP")
+                                              "least this much of the monitored metric")
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -145,6 +147,12 @@ class RunData:
     @property
     def max_epochs(self) -> int | None:
         return self.info.get("max_epochs")
+
+    @property
+    def monitor(self) -> str:
+        """The metric that picked the run's best epoch (trainer.monitor; mAP for records from before it)."""
+        monitor = self.info.get("monitor")
+        return monitor if isinstance(monitor, str) and monitor else "mAP"
 
     def weight(self, term: str) -> float:
         """A loss term's weight; without a loss config, a term present in the history counts with weight 1."""
@@ -317,7 +325,7 @@ def check_loss_imbalance(run: RunData, t: Thresholds) -> Finding | None:
 
 def _is_improving(run: RunData, t: Thresholds) -> tuple[tuple[int, float], tuple[int, float]] | None:
     """(last evaluation, best earlier one) when the last evaluation beat every earlier one by the gain threshold."""
-    evals = run.series("mAP")
+    evals = run.series(run.monitor)
     if len(evals) < 2:
         return None
     prior = max(evals[:-1], key=lambda point: point[1])
@@ -325,12 +333,13 @@ def _is_improving(run: RunData, t: Thresholds) -> tuple[tuple[int, float], tuple
 
 
 def check_overfitting(run: RunData, t: Thresholds) -> Finding | None:
-    evals = run.series("mAP")
+    name = run.monitor
+    evals = run.series(name)
     if len(evals) < t.flat_evals or _is_improving(run, t):
         return None
     window = evals[-t.flat_evals:]
-    start_epoch, start_map = window[0]
-    gain = max(value for _, value in window[1:]) - start_map
+    start_epoch, start_value = window[0]
+    gain = max(value for _, value in window[1:]) - start_value
     if gain > t.flat_tolerance:
         return None
     losses = dict(run.series("loss"))
@@ -340,13 +349,15 @@ def check_overfitting(run: RunData, t: Thresholds) -> Finding | None:
     fall = (losses[start_epoch] - losses[last_epoch]) / losses[start_epoch]
     if fall < t.loss_drop:
         return None
-    best_epoch, best_map = max(evals, key=lambda point: point[1])
-    evidence = (f"mAP did not improve over the last {t.flat_evals} evaluations (epochs {start_epoch}-{window[-1][0]}: "
-                f"{start_map:.4f} -> {window[-1][1]:.4f}, best gain {gain:+.4f}, threshold {t.flat_tolerance:g}), "
-                f"while the training loss still fell {fall:.0%} ({losses[start_epoch]:.3f} -> "
+    best_epoch, best_value = max(evals, key=lambda point: point[1])
+    evidence = (f"{name} did not improve over the last {t.flat_evals} evaluations (epochs {start_epoch}-"
+                f"{window[-1][0]}: {start_value:.4f} -> {window[-1][1]:.4f}, best gain {gain:+.4f}, threshold "
+                f"{t.flat_tolerance:g}), while the training loss still fell {fall:.0%} ({losses[start_epoch]:.3f} -> "
                 f"{losses[last_epoch]:.3f} by epoch {last_epoch}).")
-    meaning = (f"The model is overfitting: it keeps fitting the training identities without retrieving unseen ones "
-               f"any better. {BEST_MODEL} keeps the best epoch ({best_epoch}, mAP {best_map:.4f}).")
+    held_out = ("classifying their held-out images" if name in CLASSIFICATION_MONITORS
+                else "retrieving unseen ones")
+    meaning = (f"The model is overfitting: it keeps fitting the training identities without {held_out} "
+               f"any better. {BEST_MODEL} keeps the best epoch ({best_epoch}, {name} {best_value:.4f}).")
     decay = run.optimizer.get("weight_decay")
     fixes = [Fix([f"optimizer.weight_decay={decay * 5:g}" if isinstance(decay, (int, float)) and decay > 0
                   else "optimizer.weight_decay=0.0005"], "stronger weight decay")]
@@ -356,7 +367,7 @@ def check_overfitting(run: RunData, t: Thresholds) -> Finding | None:
         fixes.append(Fix(["data.random_erasing_prob=0.5"], "random erasing"))
     if run.weight("ce") > 0 and run.loss.get("label_smoothing") == 0:
         fixes.append(Fix(["loss.label_smoothing=0.1"], "label smoothing"))
-    return Finding(OVERFITTING, f"mAP flat for {t.flat_evals} evaluations while the loss still falls: overfitting",
+    return Finding(OVERFITTING, f"{name} flat for {t.flat_evals} evaluations while the loss still falls: overfitting",
                    evidence, meaning, fixes)
 
 
@@ -401,7 +412,8 @@ def check_needs_more_epochs(run: RunData, t: Thresholds) -> Finding | None:
         return None
     (epoch, value), (prior_epoch, prior) = improving
     of = f" of {run.max_epochs}" if run.max_epochs else ""
-    evidence = (f"mAP was still rising at the last evaluation: {value:.4f} at epoch {epoch}{of}, {value - prior:+.4f} "
+    evidence = (f"{run.monitor} was still rising at the last evaluation: {value:.4f} at epoch {epoch}{of}, "
+                f"{value - prior:+.4f} "
                 f"over the best before it ({prior:.4f} at epoch {prior_epoch}; threshold {t.improving_gain:g}).")
     epochs = run.max_epochs or run.history[-1]["epoch"]
     return Finding(NEEDS_MORE_EPOCHS, "Still improving at the last epoch: the run simply needs more epochs",
@@ -475,9 +487,9 @@ class Diagnosis:
             lines.append(f"Status: still running at epoch {run.history[-1]['epoch']}: findings are provisional.")
         elif reason.get("message"):
             lines.append(f"Stopped: {reason['message']}")
-        best = info.get("best_map")
+        best = info.get("best_value", info.get("best_map"))
         finite = isinstance(best, (int, float)) and not isinstance(best, bool) and math.isfinite(best)
-        best_text = f"; best mAP {best:.4f} at epoch {info.get('best_epoch')}" if finite else ""
+        best_text = f"; best {run.monitor} {best:.4f} at epoch {info.get('best_epoch')}" if finite else ""
         of = f" of {run.max_epochs}" if run.max_epochs else ""
         lines.append(f"Epochs: {run.history[-1]['epoch']}{of}{best_text}")
         if isinstance(run.num_classes, int) and run.num_classes > 1:

@@ -1,9 +1,10 @@
 """Ranking runs by their own `model_info.json` figures, and explaining the result in words.
 
 The rule: the higher best mAP wins; a tie goes to the higher rank-1, then to fewer epochs trained (cheaper to
-reproduce), then to the lower best epoch, then to the run name, so the order is total and repeatable. `rank1` and
-`mINP` can lead instead of mAP; mAP then breaks their ties. Every figure is the one recorded at the run's best-mAP
-epoch, i.e. what its `best_model.pth` delivers. Failed, pruned and diverged runs never take part.
+reproduce), then to the lower best epoch, then to the run name, so the order is total and repeatable. `rank1`,
+`mINP` and `val_top1` (closed-set runs) can lead instead of mAP; mAP then breaks their ties. By default the runs'
+own `trainer.monitor` leads when they all share one. Every figure is the one recorded at the run's best epoch (the
+one its monitor picked), i.e. what its `best_model.pth` delivers. Failed, pruned and diverged runs never take part.
 """
 
 from __future__ import annotations
@@ -22,11 +23,23 @@ from reid.selection.records import (
     RunSummary,
 )
 
-RANK_METRICS = ("mAP", "rank1", "mINP")
+RANK_METRICS = ("mAP", "rank1", "mINP", "val_top1")
 # After the leading metric, these decide ties, in order.
-TIE_BREAKS = {"mAP": ("rank1",), "rank1": ("mAP",), "mINP": ("mAP", "rank1")}
-METRIC_NAMES = {"mAP": "mAP", "rank1": "rank-1", "rank5": "rank-5", "mINP": "mINP"}
+TIE_BREAKS = {"mAP": ("rank1",), "rank1": ("mAP",), "mINP": ("mAP", "rank1"), "val_top1": ("mAP", "rank1")}
+METRIC_NAMES = {"mAP": "mAP", "rank1": "rank-1", "rank5": "rank-5", "mINP": "mINP", "val_top1": "val_top1"}
 MAX_VARIANT_KEYS = 4
+
+
+def default_metric(collection: RunCollection) -> tuple[str, str | None]:
+    """The metric to rank by when none is asked for: the runs' own `trainer.monitor` when they all share one that
+    can rank, else mAP; plus a note saying why when that choice was not obvious."""
+    monitors = sorted({run.monitor for run in collection.runs})
+    if len(monitors) == 1 and monitors[0] in RANK_METRICS:
+        return monitors[0], None
+    if not monitors:
+        return "mAP", None
+    return "mAP", (f"the runs were monitored on {', '.join(monitors)}: ranked by mAP; choose with --metric "
+                   f"({'|'.join(RANK_METRICS)})")
 
 
 def _finite(value: float | None) -> float | None:
@@ -254,9 +267,9 @@ def improvement_text(run: RunSummary) -> str:
         return (f"It is still running (epoch {trained} so far); its figures may still change. "
                 "Rerun this command when it has finished.")
     if run.still_improving:
-        return (f"Yes: its best mAP came at its last evaluation (epoch {run.best_epoch}; trained {trained} epochs), "
-                "so more epochs may pay: raise trainer.max_epochs.")
+        return (f"Yes: its best {run.monitor} came at its last evaluation (epoch {run.best_epoch}; trained {trained} "
+                "epochs), so more epochs may pay: raise trainer.max_epochs.")
     if run.still_improving is False:
         since = f" up to epoch {last_eval}" if last_eval is not None else ""
-        return f"No: its best mAP came at epoch {run.best_epoch}; later evaluations{since} did not beat it."
+        return f"No: its best {run.monitor} came at epoch {run.best_epoch}; later evaluations{since} did not beat it."
     return "Unknown: its record has no evaluation history to tell."

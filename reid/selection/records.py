@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from reid.checkpoint import BEST_MODEL
-from reid.engine.record import CSV_COLUMNS, HISTORY_JSON, MODEL_INFO_JSON
+from reid.engine.record import CSV_COLUMNS, HISTORY_JSON, MODEL_INFO_JSON, OPTIONAL_COLUMNS
 from reid.engine.stopping import (
     COMPLETED,
     DIVERGED,
@@ -33,6 +33,9 @@ RUNNING = "running"
 # Stop kinds whose runs are never deployed: listed apart from the ranking, with their reasons.
 FAILED_KINDS = frozenset({DIVERGED, ERROR, OUT_OF_MEMORY, PRUNED})
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+# Figures only closed-set runs record (the classifier on the held-out images); read when present.
+OPTIONAL_METRIC_KEYS = tuple(OPTIONAL_COLUMNS)
+DEFAULT_MONITOR = "mAP"
 JOURNAL_SUFFIXES = (".log", ".journal")
 STOP_KINDS = FAILED_KINDS | {COMPLETED, EARLY_STOPPING, INTERRUPTED}
 # Override and config keys that say how a job was launched, not what it trained.
@@ -50,7 +53,10 @@ class _Invalid(Exception):
 
 @dataclass
 class RunSummary:
-    """What selection needs from one run, taken from its own `model_info.json` (plus its history for plots)."""
+    """What selection needs from one run, taken from its own `model_info.json` (plus its history for plots).
+
+    `monitor` is the metric that picked the run's best epoch (records from before `trainer.monitor`: mAP).
+    """
 
     label: str
     path: Path | None
@@ -70,6 +76,7 @@ class RunSummary:
     history: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     trial_number: int | None = None
+    monitor: str = DEFAULT_MONITOR
 
     @property
     def in_progress(self) -> bool:
@@ -80,16 +87,16 @@ class RunSummary:
         return None if self.path is None else self.path / BEST_MODEL
 
     def metric(self, name: str) -> float | None:
-        """A figure at the best-mAP epoch, i.e. what `best_model.pth` delivers."""
+        """A figure at the run's best epoch (picked by its monitor), i.e. what `best_model.pth` delivers."""
         if name == "mAP":
             return self.best_map
         return self.best_metrics.get(name)
 
-    def evaluations(self) -> list[tuple[int, float]]:
-        """(epoch, mAP) of every evaluated epoch in the history, for curves and trends."""
+    def evaluations(self, name: str = "mAP") -> list[tuple[int, float]]:
+        """(epoch, figure `name`) of every evaluated epoch in the history, for curves and trends."""
         points = []
         for row in self.history:
-            value = row.get("mAP")
+            value = row.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(row.get("epoch"), int):
                 points.append((row["epoch"], float(value)))
         return points
@@ -193,7 +200,7 @@ def read_history(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
             for key, value in raw.items():
                 if key == "epoch":
                     continue
-                numeric = key in CSV_COLUMNS or key.startswith("loss")
+                numeric = key in CSV_COLUMNS or key in OPTIONAL_COLUMNS or key.startswith("loss")
                 row[key] = parse_number(value, key, where) if numeric else value
         except _Invalid as exc:
             notes.append(f"{exc}; row skipped")
@@ -231,7 +238,8 @@ def summarize_model_info(info: Any, label: str, path: Path | None, where: str) -
     raw_metrics = info.get("best_metrics") or {}
     if not isinstance(raw_metrics, dict):
         raise _Invalid(f"{where}: best_metrics={raw_metrics!r} is not an object")
-    best_metrics = {key: parse_number(raw_metrics.get(key), f"best_metrics.{key}", where) for key in METRIC_KEYS}
+    keys = METRIC_KEYS + tuple(key for key in OPTIONAL_METRIC_KEYS if key in raw_metrics)
+    best_metrics = {key: parse_number(raw_metrics.get(key), f"best_metrics.{key}", where) for key in keys}
     if best_metrics["rank1"] is None and info.get("best_rank1") is not None:
         best_metrics["rank1"] = parse_number(info["best_rank1"], "best_rank1", where)
     best_metrics["mAP"] = best_map
@@ -254,6 +262,10 @@ def summarize_model_info(info: Any, label: str, path: Path | None, where: str) -
     if still_improving is not None and not isinstance(still_improving, bool):
         raise _Invalid(f"{where}: still_improving={still_improving!r} is not true/false")
     variant = info.get("variant")
+    monitor = info.get("monitor", DEFAULT_MONITOR)
+    if not isinstance(monitor, str) or not monitor:
+        notes.append(f"monitor={monitor!r} is not a metric name; treated as {DEFAULT_MONITOR!r}")
+        monitor = DEFAULT_MONITOR
     return RunSummary(
         label=label,
         path=path,
@@ -271,6 +283,7 @@ def summarize_model_info(info: Any, label: str, path: Path | None, where: str) -
         hyperparameters=hyperparameters,
         variant=str(variant) if variant not in (None, "") else None,
         notes=notes,
+        monitor=monitor,
     )
 
 
@@ -410,17 +423,30 @@ def _trial_stop(attrs: dict[str, Any]) -> tuple[str | None, str]:
     return None, ""
 
 
+def _trial_monitor(attrs: dict[str, Any]) -> str:
+    """The `trainer.monitor` among a trial's recorded overrides (the metric its objective value is), else mAP."""
+    overrides = attrs.get("overrides") if isinstance(attrs.get("overrides"), list) else []
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        if key.lstrip("+~") == "trainer.monitor" and value:
+            return value
+    return DEFAULT_MONITOR
+
+
 def _summary_from_trial_values(trial: Any, label: str) -> RunSummary:
-    """A run known only from the study: its objective value (best mAP, or -1.0 if diverged), params and state."""
+    """A run known only from the study: its objective value (its best monitored metric, or -1.0 if diverged),
+    params and state."""
     value = trial.value if trial.values is not None and len(trial.values) == 1 else None
     diverged = value is not None and (value == DIVERGED_SCORE or not math.isfinite(value))
+    monitor = _trial_monitor(trial.user_attrs)
+    figure = None if diverged else value
     return RunSummary(
         label=label,
         path=None,
         status="finished" if value is not None else "unknown",
-        best_map=None if diverged else value,
+        best_map=figure if monitor == "mAP" else None,
         best_epoch=None,
-        best_metrics={key: None for key in METRIC_KEYS} | {"mAP": None if diverged else value},
+        best_metrics={key: None for key in METRIC_KEYS} | {monitor: figure},
         epochs_trained=None,
         max_epochs=None,
         stop_kind=DIVERGED if diverged else None,
@@ -429,6 +455,7 @@ def _summary_from_trial_values(trial: Any, label: str) -> RunSummary:
         still_improving=None,
         overrides=[f"{key}={value}" for key, value in trial.params.items()],
         notes=["no run directory recorded: figures are the trial's objective value only"],
+        monitor=monitor,
     )
 
 

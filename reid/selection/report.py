@@ -20,10 +20,12 @@ from reid.selection.records import RunSummary
 REPORT_STEM = "BEST_MODEL_SELECTION"
 NO_MODEL_PATH = "This run is known only from the Optuna study; the location of its best_model.pth was not recorded."
 TABLE_COLUMNS = ("rank", "run", "variant", "mAP", "R1", "R5", "best epoch", "epochs", "stopping reason", "time")
-NUMERIC_COLUMNS = {"rank", "mAP", "R1", "R5", "best epoch", "epochs", "time"}
-CSV_COLUMNS = ("rank", "group", "run", "variant", "status", "mAP", "rank1", "rank5", "rank10", "mINP", "best_epoch",
-               "epochs_trained", "max_epochs", "stopping_reason", "stopping_message", "training_seconds",
-               "still_improving", "winner", "trial", "run_dir", "best_model", "problems")
+NUMERIC_COLUMNS = {"rank", "mAP", "R1", "R5", "best epoch", "epochs", "time", *METRIC_NAMES.values()}
+FIGURE_COLUMNS = {"mAP": "mAP", "rank1": "R1", "rank5": "R5"}
+CSV_COLUMNS = ("rank", "group", "run", "variant", "status", "monitor", "mAP", "rank1", "rank5", "rank10", "mINP",
+               "val_top1", "val_top5", "val_loss", "best_epoch", "epochs_trained", "max_epochs", "stopping_reason",
+               "stopping_message", "training_seconds", "still_improving", "winner", "trial", "run_dir", "best_model",
+               "problems")
 
 
 def format_duration(seconds: float | None) -> str:
@@ -54,13 +56,22 @@ def _epochs(run: RunSummary) -> str:
     return f"{run.epochs_trained}/{run.max_epochs}" if run.max_epochs else str(run.epochs_trained)
 
 
+def table_columns(metric: str) -> tuple[str, ...]:
+    """`TABLE_COLUMNS`, with the ranking metric's own column before mAP when the table would not show it."""
+    if metric in FIGURE_COLUMNS:
+        return TABLE_COLUMNS
+    index = TABLE_COLUMNS.index("mAP")
+    return (*TABLE_COLUMNS[:index], METRIC_NAMES[metric], *TABLE_COLUMNS[index:])
+
+
 def table_rows(ranking: Ranking) -> list[dict[str, str]]:
-    """The comparison table of ranked runs, as display strings keyed by `TABLE_COLUMNS`."""
+    """The comparison table of ranked runs, as display strings keyed by `table_columns(ranking.metric)`."""
     return [
         {
             "rank": str(position),
             "run": run.label,
             "variant": ranking.variant(run),
+            METRIC_NAMES[ranking.metric]: _figure(run.metric(ranking.metric)),
             "mAP": _figure(run.best_map),
             "R1": _figure(run.metric("rank1")),
             "R5": _figure(run.metric("rank5")),
@@ -90,7 +101,8 @@ def _distance_hint(run: RunSummary) -> str:
 
 def rule_text(metric: str) -> str:
     ties = ", then to the higher ".join(METRIC_NAMES[name] for name in TIE_BREAKS[metric])
-    return (f"best {METRIC_NAMES[metric]} (at each run's best-mAP epoch); ties go to the higher {ties}, "
+    return (f"best {METRIC_NAMES[metric]} (at each run's best epoch, that of its best_model.pth); ties go to the "
+            f"higher {ties}, "
             "then to fewer epochs trained")
 
 
@@ -101,7 +113,8 @@ def _counts(ranking: Ranking) -> str:
 
 def _winner_facts(run: RunSummary) -> str:
     figures = ", ".join(f"{METRIC_NAMES.get(name, name)} {_figure(run.metric(name))}"
-                        for name in ("mAP", "rank1", "rank5", "mINP") if run.metric(name) is not None)
+                        for name in ("mAP", "rank1", "rank5", "mINP", "val_top1", "val_top5")
+                        if run.metric(name) is not None)
     at = f" at epoch {run.best_epoch}" if run.best_epoch is not None else ""
     trained = f"trained {_epochs(run)} epochs; " if run.epochs_trained is not None else ""
     return f"{figures}{at} ({trained}{_stop_column(run)})"
@@ -147,7 +160,7 @@ def render_text(ranking: Ranking) -> str:
     else:
         lines += [f"WINNER: {winner.label}", f"  {why_winner(ranking)}", f"  Run directory: {winner.path or '-'}",
                   f"  Variant: {ranking.variant(winner)}", f"  {_winner_facts(winner)}", "",
-                  "Comparison", *_fixed_width(TABLE_COLUMNS, table_rows(ranking)), "",
+                  "Comparison", *_fixed_width(table_columns(ranking.metric), table_rows(ranking)), "",
                   "Lead over the runner-up", f"  {margin_text(ranking)}", "",
                   "Still improving when it stopped?", f"  {improvement_text(winner)}", "",
                   "Deployment"]
@@ -194,7 +207,8 @@ def render_markdown(ranking: Ranking) -> str:
     else:
         lines += [f"## Winner: `{winner.label}`", "", why_winner(ranking), "",
                   f"- Run directory: `{winner.path or '-'}`", f"- Variant: `{ranking.variant(winner)}`",
-                  f"- {_winner_facts(winner)}", "", "## Comparison", "", *_md_table(TABLE_COLUMNS, table_rows(ranking)),
+                  f"- {_winner_facts(winner)}", "", "## Comparison", "",
+                  *_md_table(table_columns(ranking.metric), table_rows(ranking)),
                   "", "## Lead over the runner-up", "", margin_text(ranking), "",
                   "## Still improving when it stopped?", "", improvement_text(winner), "", "## Deployment", ""]
         if winner.best_model is not None:
@@ -232,8 +246,10 @@ def results_frame(ranking: Ranking) -> pd.DataFrame:
             "run": run.label,
             "variant": ranking.variant(run),
             "status": run.status,
+            "monitor": run.monitor,
             "mAP": run.best_map,
-            **{name: run.metric(name) for name in ("rank1", "rank5", "rank10", "mINP")},
+            **{name: run.metric(name) for name in ("rank1", "rank5", "rank10", "mINP", "val_top1", "val_top5",
+                                                   "val_loss")},
             "best_epoch": run.best_epoch,
             "epochs_trained": run.epochs_trained,
             "max_epochs": run.max_epochs,
@@ -257,7 +273,8 @@ def results_frame(ranking: Ranking) -> pd.DataFrame:
 
 
 def render_plot(ranking: Ranking) -> bytes:
-    """mAP per epoch of every run on one figure, the winner drawn thick and named; PNG bytes (Agg backend)."""
+    """The ranking metric per epoch of every run on one figure, the winner drawn thick and named; PNG bytes (Agg
+    backend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -265,22 +282,24 @@ def render_plot(ranking: Ranking) -> bytes:
     figure = Figure(figsize=(9, 5.5), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    winner = ranking.winner
+    winner, metric = ranking.winner, ranking.metric
+    name = METRIC_NAMES[metric]
     failed = {id(run) for run, _ in ranking.failed}
     drawn = 0
     for run in ranking.all_runs():
-        points = [(epoch, value) for epoch, value in run.evaluations() if math.isfinite(value)]
+        points = [(epoch, value) for epoch, value in run.evaluations(metric) if math.isfinite(value)]
         if not points or run is winner:
             continue
         axes.plot(*zip(*points), marker=".", linewidth=1.1, alpha=0.6, linestyle="--" if id(run) in failed else "-",
                   label=run.label)
         drawn += 1
-    if winner is not None and winner.evaluations():
-        points = [(epoch, value) for epoch, value in winner.evaluations() if math.isfinite(value)]
+    if winner is not None and winner.evaluations(metric):
+        points = [(epoch, value) for epoch, value in winner.evaluations(metric) if math.isfinite(value)]
         axes.plot(*zip(*points), marker="o", linewidth=3.0, color="crimson", zorder=10,
                   label=f"winner: {winner.label}")
-        if winner.best_epoch is not None and winner.best_map is not None:
-            axes.annotate(f"best {winner.best_map:.4f}", (winner.best_epoch, winner.best_map),
+        best = winner.metric(metric)
+        if winner.best_epoch is not None and best is not None:
+            axes.annotate(f"best {best:.4f}", (winner.best_epoch, best),
                           textcoords="offset points", xytext=(0, 8), ha="center", color="crimson")
         drawn += 1
     if drawn:
@@ -293,8 +312,8 @@ def render_plot(ranking: Ranking) -> bytes:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.margins(y=0.12)
     axes.set_xlabel("epoch")
-    axes.set_ylabel("mAP")
-    axes.set_title(f"mAP per epoch, {drawn} run(s); winner highlighted")
+    axes.set_ylabel(name)
+    axes.set_title(f"{name} per epoch, {drawn} run(s); winner highlighted")
     axes.grid(alpha=0.3)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

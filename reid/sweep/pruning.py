@@ -1,4 +1,4 @@
-"""The training job's side of a sweep trial: report each evaluated epoch's mAP and stop when pruned."""
+"""The training job's side of a sweep trial: report each evaluated epoch's monitored metric; stop when pruned."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ log = logging.getLogger("reid")
 
 
 class TrialPruningHook(Hook):
-    """Reports mAP as the trial's intermediate value per epoch, so the pruner and the dashboard see the curve.
+    """Reports the monitored metric (trainer.monitor) as the trial's intermediate value per epoch, so the pruner
+    and the dashboard see the curve.
 
     The study is opened from the storage string in the job itself, which is what makes pruning work for
     jobs in the sweep's process and in launcher subprocesses alike.
@@ -35,10 +36,11 @@ class TrialPruningHook(Hook):
         self.trial = open_trial(self.storage, self.study_name, self.trial_number)
 
     def after_epoch(self, trainer: Trainer, result: EpochResult) -> None:
-        if result.metrics is None or self.trial is None or not math.isfinite(result.metrics["mAP"]):
+        monitor = trainer.state.monitor
+        if result.metrics is None or self.trial is None or not math.isfinite(result.metrics[monitor]):
             return
-        self.trial.report(float(result.metrics["mAP"]), result.epoch)
+        self.trial.report(float(result.metrics[monitor]), result.epoch)
         if trainer.state.stop is None and self.trial.should_prune():
-            log.info("trial %d of study %s pruned at epoch %d (mAP %.4f)", self.trial_number, self.study_name,
-                     result.epoch, result.metrics["mAP"])
+            log.info("trial %d of study %s pruned at epoch %d (%s %.4f)", self.trial_number, self.study_name,
+                     result.epoch, monitor, result.metrics[monitor])
             trainer.state.stop = StopReason.pruned(result.epoch)

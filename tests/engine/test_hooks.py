@@ -18,7 +18,7 @@ def result(epoch: int, mean_ap: float | None) -> EpochResult:
 
 
 def test_early_stopping_counts_epochs_since_the_best():
-    trainer = SimpleNamespace(state=TrainState(best_map=0.4, best_epoch=3))
+    trainer = SimpleNamespace(state=TrainState(best_metrics={"mAP": 0.4}, best_epoch=3))
     hook = EarlyStopping(patience=4)
     for epoch in (4, 5, 6):
         hook.after_epoch(trainer, result(epoch, 0.3))
@@ -30,8 +30,23 @@ def test_early_stopping_counts_epochs_since_the_best():
     assert trainer.state.stop.message == "no mAP improvement for 4 epochs (early-stopping patience 4)"
 
 
+def test_early_stopping_and_epoch_line_follow_the_monitor():
+    trainer = SimpleNamespace(state=TrainState(monitor="val_top1", best_metrics={"mAP": 0.4, "val_top1": 0.75},
+                                               best_epoch=2))
+    assert trainer.state.best_value == 0.75 and trainer.state.best_map == 0.4
+    EarlyStopping(patience=3).after_epoch(trainer, result(5, 0.9))
+    assert trainer.state.stop.message == "no val_top1 improvement for 3 epochs (early-stopping patience 3)"
+    closed = result(5, 0.412)
+    closed.metrics |= {"val_loss": 0.7123, "val_top1": 0.8125, "val_top5": 0.95}
+    closed.improved = True
+    assert epoch_line(closed, 60, "val_top1") == ("[Epoch 5/60] lr=3.50e-04 | loss=4.120 (ce=3.900 tri=0.220) | "
+                                                  "mAP=0.412 R1=0.500 val_loss=0.712 val_top1=0.812 val_top5=0.950 * "
+                                                  "| 41.2s")
+    assert epoch_line(result(5, 0.412), 60, "mINP").endswith("mAP=0.412 R1=0.500 mINP=0.100 | 41.2s")
+
+
 def test_patience_zero_never_stops():
-    trainer = SimpleNamespace(state=TrainState(best_map=0.4, best_epoch=1))
+    trainer = SimpleNamespace(state=TrainState(best_metrics={"mAP": 0.4}, best_epoch=1))
     EarlyStopping(patience=0).after_epoch(trainer, result(100, 0.1))
     assert trainer.state.stop is None
 

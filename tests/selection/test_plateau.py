@@ -187,6 +187,26 @@ def test_still_improving_at_the_end_says_train_longer(tmp_path, capsys):
     assert not any("--multirun" in line for line in lines)
 
 
+def test_findings_follow_the_runs_monitor(tmp_path):
+    """A val_top1-monitored run: its val_top1 still rises while mAP is flat, so it needs epochs, not a fix."""
+    history = rows(20, lr=lambda e: LR, ce=lambda e: 1.2 + 5.4 * math.exp(-(e - 1) / 3),
+                   tri=lambda e: 0.05 + 0.6 * math.exp(-(e - 1) / 4), mAP=lambda e: 0.5 - 0.001 * (e > 10))
+    for row in history:
+        row["val_top1"] = None if row["mAP"] is None else 0.25 + 0.025 * row["epoch"]
+    run_dir = make_run(tmp_path, history)
+    info = json.loads((run_dir / "model_info.json").read_text())
+    (run_dir / "model_info.json").write_text(json.dumps({**info, "monitor": "val_top1", "best_value": 0.75,
+                                                        "best_epoch": 20}))
+    diagnosis = diagnose(load_run(run_dir))
+    assert diagnosis.codes == [NEEDS_MORE_EPOCHS]
+    assert diagnosis.findings[0].evidence.startswith(
+        "val_top1 was still rising at the last evaluation: 0.7500 at epoch 20 of 20, +0.0500 over the best before it "
+        "(0.7000 at epoch 18")
+    assert "Epochs: 20 of 20; best val_top1 0.7500 at epoch 20" in diagnosis.render()
+    (tmp_path / "as_map").mkdir()
+    assert diagnose(load_run(make_run(tmp_path / "as_map", history))).codes == []  # monitoring mAP: healthy
+
+
 def test_thresholds_are_flags(tmp_path, capsys):
     history = rows(20, lr=lambda e: 1e-5, ce=lambda e: 6.6, tri=lambda e: 0.9,
                    mAP=lambda e: 0.031 + 0.001 * (e % 3 == 0) - 0.002 * (e == 20))

@@ -50,6 +50,35 @@ def test_metric_and_out_flags(outputs, tmp_path, capsys):
     assert not (outputs / "BEST_MODEL_SELECTION.txt").exists()
 
 
+def _closed_run(run_dir: Path, best_map: float, val_top1: float, monitor: str = "val_top1") -> Path:
+    metrics = {"mAP": best_map, "rank1": 0.8, "rank5": 0.9, "rank10": 1.0, "mINP": 0.3, "val_loss": 1.2,
+               "val_top1": val_top1, "val_top5": 0.95}
+    return write_run(run_dir, best_map=best_map, rank1=0.8, monitor=monitor, best_value=metrics[monitor],
+                     best_metrics=metrics)
+
+
+def test_metric_val_top1_ranks_closed_set_runs_and_is_the_default_for_them(tmp_path, capsys):
+    write_run(tmp_path / "old" / "a", best_map=0.5)  # a record from before trainer.monitor
+    _closed_run(tmp_path / "faces" / "a", best_map=0.70, val_top1=0.60)
+    _closed_run(tmp_path / "faces" / "b", best_map=0.55, val_top1=0.90)
+    assert main([str(tmp_path / "faces"), "--quiet"]) == 0  # every run monitored val_top1: ranked by it
+    assert capsys.readouterr().out.strip() == str((tmp_path / "faces/b/best_model.pth").resolve())
+    text = (tmp_path / "faces" / "BEST_MODEL_SELECTION.txt").read_text()
+    assert "It has the highest best val_top1 (0.9000; runner-up 0.6000) of the 2 ranked runs." in text
+    assert pd.read_csv(tmp_path / "faces" / "BEST_MODEL_SELECTION.csv")["val_top1"].tolist() == [0.9, 0.6]
+    assert main([str(tmp_path / "faces"), "--metric", "mAP", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == str((tmp_path / "faces/a/best_model.pth").resolve())
+    # Mixed monitors: mAP by default, saying so; --metric val_top1 leaves the old run out, as it has no val_top1.
+    assert main([str(tmp_path), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str((tmp_path / "faces/a/best_model.pth").resolve())
+    assert "the runs were monitored on mAP, val_top1: ranked by mAP" in captured.err
+    assert main([str(tmp_path), "--metric", "val_top1"]) == 0
+    assert "old/a" in capsys.readouterr().out
+    text = (tmp_path / "BEST_MODEL_SELECTION.txt").read_text()
+    assert "WINNER: faces/b" in text and "no val_top1 recorded" in text
+
+
 def test_bad_arguments_fail_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "missing")])
