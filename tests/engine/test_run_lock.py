@@ -176,7 +176,7 @@ def test_a_second_resume_of_a_running_run_refuses_and_touches_nothing(tmp_path, 
         assert LOCK_FILE in before and "log.txt" in before and ".hydra/config.yaml" in before
 
         second = run_train(resume, tmp_path, data_dir)
-        assert second.returncode != 0
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
         assert (f"{run_dir} is in use by pid {first.pid} on host {HOST} since " in second.stderr
                 and f"(lock file {run_dir / LOCK_FILE}); wait for it to finish, stop it, or, if that process is "
                     "gone, delete the lock file" in second.stderr), second.stderr[-3000:]
