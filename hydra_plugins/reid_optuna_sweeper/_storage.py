@@ -66,17 +66,16 @@ def study_lock(storage: str, study_name: str) -> Iterator[None]:
     works across machines. Training itself runs outside the lock.
     """
     if is_url(storage) and storage.startswith("postgresql"):
-        import sqlalchemy
-
         key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
-        engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+        # Optuna's own database engine, so the plugin needs no database library of its own.
+        engine = RDBStorage(storage).engine
         try:
             with engine.connect() as connection:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                connection.exec_driver_sql("SELECT pg_advisory_lock(%(key)s)", {"key": key})
                 try:
                     yield
                 finally:
-                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    connection.exec_driver_sql("SELECT pg_advisory_unlock(%(key)s)", {"key": key})
         finally:
             engine.dispose()
         return

@@ -6,6 +6,7 @@ default may warn; none of them imports reid or torch.
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from hydra_plugins.reid_optuna_sweeper._storage import open_storage
 from hydra_plugins.reid_optuna_sweeper.sweeper import ReidOptunaSweeper
 
 APPS = Path(__file__).resolve().parent / "apps"
+PLUGIN = Path(ReidOptunaSweeper.__module__.replace(".", "/")).parent
 
 
 def run_app(app: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -49,6 +51,19 @@ def test_discovery() -> None:
     assert ReidOptunaSweeper.__name__ in [plugin.__name__ for plugin in Plugins.instance().discover(Sweeper)]
 
 
+def test_the_plugin_imports_only_hydra_omegaconf_optuna_and_the_standard_library() -> None:
+    files = sorted((Path(__file__).resolve().parents[2] / PLUGIN).glob("*.py"))
+    assert len(files) >= 10
+    imported = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    assert imported - sys.stdlib_module_names == {"hydra", "omegaconf", "optuna", "hydra_plugins"}
+
+
 def test_outside_a_sweep_there_is_no_trial(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in (STORAGE_ENV, STUDY_ENV, TRIAL_ENV):
         monkeypatch.delenv(name, raising=False)
@@ -59,7 +74,7 @@ def test_empty_search_space_runs_n_trials_in_batches_and_sweep_returns_none(hydr
                                                                              tmp_path: Path) -> None:
     sweep = hydra_sweep_runner(calling_file=str(APPS / "sphere.py"), calling_module=None, task_function=None,
                                config_path="conf", config_name="sphere", temp_dir=tmp_path / "sweep",
-                               overrides=["hydra/launcher=basic", "hydra.sweeper.params=null",
+                               overrides=["hydra/launcher=basic", "hydra.job.chdir=False", "hydra.sweeper.params=null",
                                           "hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=3"])
     with sweep:
         assert sweep.returns is None
