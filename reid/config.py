@@ -83,15 +83,6 @@ class StageConfig:
 
 
 @dataclass
-class SweepTrialConfig:
-    """Links a training job to its Optuna trial; set by the reid_optuna sweeper, null for a plain run."""
-
-    storage: Optional[str] = None
-    study_name: Optional[str] = None
-    trial_number: Optional[int] = None
-
-
-@dataclass
 class ReidConfig:
     """The top-level schema; `_target_` groups stay open dicts and are checked by `validate_targets`."""
 
@@ -108,7 +99,6 @@ class ReidConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     data_dir: str = "data"
-    sweep_trial: SweepTrialConfig = field(default_factory=SweepTrialConfig)
     pipeline: Optional[Dict[str, Any]] = None
 
 
@@ -241,7 +231,6 @@ __all__ = [
     "TrainerConfig",
     "DataConfig",
     "StageConfig",
-    "SweepTrialConfig",
     "register_configs",
     "validate_targets",
     "check_target_node",

@@ -1,1 +1,13 @@
-"""The project's Optuna sweeper for Hydra: `override hydra/sweeper: reid_optuna` (see docs/sweeps.md)."""
+"""An Optuna sweeper for any Hydra app: `override hydra/sweeper: reid_optuna` (see docs/sweeps.md).
+
+The package imports only hydra, omegaconf and optuna. A job reaches its trial with `current_trial()`; an app
+plugs in named variants (`Variant`) and its own reading of a job's record (`JobOutcome`) through config.
+Modules with a leading underscore are internal (Hydra's plugin scan leaves them alone).
+"""
+
+from hydra_plugins.reid_optuna_sweeper._errors import SweepConfigError
+from hydra_plugins.reid_optuna_sweeper._job import TrialLink, current_link, current_trial
+from hydra_plugins.reid_optuna_sweeper._outcome import JobOutcome
+from hydra_plugins.reid_optuna_sweeper._variants import Variant
+
+__all__ = ["JobOutcome", "SweepConfigError", "TrialLink", "Variant", "current_link", "current_trial"]

@@ -2,7 +2,8 @@
 
 Keys follow the stock hydra-optuna-sweeper (sampler, direction, storage, study_name, n_trials, n_jobs,
 max_failure_rate, params, custom_search_space), so its sweep files work after changing the
-`override hydra/sweeper:` line; `pruner` and `variants` are this sweeper's additions.
+`override hydra/sweeper:` line; `pruner`, `variants`, `job_outcome`, `heartbeat_interval` and `grace_period`
+are this sweeper's additions.
 """
 
 from dataclasses import dataclass, field
@@ -48,6 +49,26 @@ class GridSamplerConfig:
 
     _target_: str = "optuna.samplers.GridSampler"
     search_space: Optional[Dict[str, Any]] = None
+    seed: Optional[int] = None
+
+
+@dataclass
+class GPSamplerConfig:
+    """optuna.samplers.GPSampler: Gaussian-process Bayesian optimization (needs torch in the job's environment)."""
+
+    _target_: str = "optuna.samplers.GPSampler"
+    seed: Optional[int] = None
+    n_startup_trials: int = 10
+    deterministic_objective: bool = False
+
+
+@dataclass
+class QMCSamplerConfig:
+    """optuna.samplers.QMCSampler: quasi-random points; Optuna marks it experimental (it warns once)."""
+
+    _target_: str = "optuna.samplers.QMCSampler"
+    qmc_type: str = "sobol"
+    scramble: bool = False
     seed: Optional[int] = None
 
 
@@ -115,7 +136,7 @@ class NopPrunerConfig:
 
 @dataclass
 class ReidOptunaSweeperConfig:
-    """`hydra.sweeper` for `override hydra/sweeper: reid_optuna`."""
+    """`hydra.sweeper` for `override hydra/sweeper: reid_optuna`; any Hydra app can use it."""
 
     _target_: str = "hydra_plugins.reid_optuna_sweeper.sweeper.ReidOptunaSweeper"
     # Samplers and pruners are built by the sweeper (the grid needs the parsed params), not by Hydra.
@@ -123,11 +144,11 @@ class ReidOptunaSweeperConfig:
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
     sampler: Any = MISSING
     pruner: Any = MISSING
-    # reid.train returns the best mAP, so a sweep maximizes by default.
-    direction: str = "maximize"
-    # A journal file path or a database URL; null means outputs/<experiment>/optuna/<study_name>.journal.
+    # "minimize" or "maximize", or a list of them, one per value the task returns (multi-objective).
+    direction: Any = "minimize"
+    # A journal file path or a database URL; null means <hydra.sweep.dir>/<study_name>.journal.
     storage: Optional[str] = None
-    # null means "<experiment_name>-<sweep option>" (e.g. plateau_demo-plateau).
+    # null means the job's name (hydra.job.name, the app's file name).
     study_name: Optional[str] = None
     # Trials of the whole study, however many processes share it and however often it is resumed.
     n_trials: int = 20
@@ -136,10 +157,14 @@ class ReidOptunaSweeperConfig:
     # The sweep stops once failed trials exceed this fraction of n_trials.
     max_failure_rate: float = 0.25
     params: Optional[Dict[str, str]] = None
-    # "module.function" called as function(cfg, trial) to suggest more parameters.
+    # "module.function" called as function(cfg, trial) after the params are suggested, to suggest more.
     custom_search_space: Optional[str] = None
-    # A named variant set (reid.sweep.variants), enqueued once per study before the sampler's trials.
-    variants: Optional[str] = None
+    # A `_target_` callable given the composed config, returning named variants (a list of variants.Variant),
+    # enqueued once per study before the sampler's trials.
+    variants: Optional[Any] = None
+    # A `_target_` callable given a finished job's output directory, returning an outcome.JobOutcome: how the
+    # app's own record says the job ended (pruned, diverged, ...) and user attributes for its trial.
+    job_outcome: Optional[Any] = None
     # Seconds between a worker's heartbeats for its running trials, and how old a heartbeat from another host may
     # get before its trial counts as abandoned (failed, and its work enqueued again). Mind clock skew between hosts.
     heartbeat_interval: float = 60.0
@@ -147,7 +172,7 @@ class ReidOptunaSweeperConfig:
 
 
 SAMPLERS = {"tpe": TPESamplerConfig, "random": RandomSamplerConfig, "cmaes": CmaEsSamplerConfig,
-            "grid": GridSamplerConfig, "nsgaii": NSGAIISamplerConfig}
+            "grid": GridSamplerConfig, "nsgaii": NSGAIISamplerConfig, "gp": GPSamplerConfig, "qmc": QMCSamplerConfig}
 PRUNERS = {"median": MedianPrunerConfig, "percentile": PercentilePrunerConfig, "hyperband": HyperbandPrunerConfig,
            "successive_halving": SuccessiveHalvingPrunerConfig, "none": NopPrunerConfig}
 

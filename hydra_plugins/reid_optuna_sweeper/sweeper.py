@@ -1,7 +1,9 @@
-"""The Hydra Sweeper plugin: reads `hydra.sweeper`, then hands over to `reid.sweep.driver`."""
+"""The Hydra Sweeper plugin: reads `hydra.sweeper`, then hands over to the sweep loop in `driver`."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,37 +11,45 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from hydra_plugins.reid_optuna_sweeper._driver import SweepSettings, run_sweep
+from hydra_plugins.reid_optuna_sweeper._errors import SweepConfigError
+from hydra_plugins.reid_optuna_sweeper._space import parse_search_space
+from hydra_plugins.reid_optuna_sweeper._storage import default_storage, normalize_storage
 from hydra_plugins.reid_optuna_sweeper.config import ReidOptunaSweeperConfig  # noqa: F401 - registers the configs
-from reid.errors import ConfigError
-from reid.sweep.driver import SweepSettings, run_sweep
-from reid.sweep.space import parse_search_space
-from reid.sweep.storage import default_storage, normalize_storage
-from reid.sweep.variants import build_variants
+
+DIRECTIONS = ("minimize", "maximize")
+
+
+def parse_directions(direction: Any) -> list[str]:
+    """`hydra.sweeper.direction` as a list: one name for one objective, a list for several."""
+    names = list(direction) if isinstance(direction, (list, tuple, ListConfig)) else [direction]
+    if not names or any(name not in DIRECTIONS for name in names):
+        raise SweepConfigError(f"hydra.sweeper.direction={names if len(names) != 1 else names[0]!r}: "
+                               "expected 'minimize', 'maximize' or a non-empty list of them (one per objective)")
+    return [str(name) for name in names]
 
 
 class ReidOptunaSweeper(Sweeper):
     """Optuna on current releases with pruning, failure tolerance, resume, shared studies and named variants."""
 
-    def __init__(self, sampler: DictConfig, pruner: DictConfig, direction: str, storage: str | None,
+    def __init__(self, sampler: DictConfig, pruner: DictConfig, direction: Any, storage: str | None,
                  study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
-                 params: DictConfig | None, custom_search_space: str | None, variants: str | None,
-                 heartbeat_interval: float, grace_period: float) -> None:
-        if direction not in ("maximize", "minimize"):
-            raise ConfigError(f"hydra.sweeper.direction={direction!r}: expected 'maximize' or 'minimize' "
-                              "(reid.train returns one value, the best mAP)")
+                 params: DictConfig | None, custom_search_space: str | None, variants: DictConfig | None,
+                 job_outcome: DictConfig | None, heartbeat_interval: float, grace_period: float) -> None:
+        self.directions = parse_directions(direction)
         for key, value, low in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1)):
             if value < low:
-                raise ConfigError(f"hydra.sweeper.{key}={value}: expected an integer >= {low}")
+                raise SweepConfigError(f"hydra.sweeper.{key}={value}: expected an integer >= {low}")
         if not 0.0 < heartbeat_interval < grace_period:
-            raise ConfigError(f"hydra.sweeper.heartbeat_interval={heartbeat_interval}, grace_period={grace_period}: "
-                              "expected 0 < heartbeat_interval < grace_period (seconds)")
+            raise SweepConfigError(f"hydra.sweeper.heartbeat_interval={heartbeat_interval}, grace_period="
+                                   f"{grace_period}: expected 0 < heartbeat_interval < grace_period (seconds)")
         if not 0.0 <= max_failure_rate <= 1.0:
-            raise ConfigError(f"hydra.sweeper.max_failure_rate={max_failure_rate}: expected a fraction in [0, 1]")
+            raise SweepConfigError(f"hydra.sweeper.max_failure_rate={max_failure_rate}: expected a fraction in "
+                                   "[0, 1]")
         self.sampler_cfg = sampler
         self.pruner_cfg = pruner
-        self.direction = direction
         self.storage = storage
         self.study_name = study_name
         self.n_trials = n_trials
@@ -47,7 +57,8 @@ class ReidOptunaSweeper(Sweeper):
         self.max_failure_rate = max_failure_rate
         self.params = OmegaConf.to_container(params, resolve=True) if params is not None else None
         self.custom_search_space = custom_search_space
-        self.variants = variants
+        self.variants_cfg = variants
+        self.job_outcome_cfg = job_outcome
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.config: DictConfig | None = None
@@ -60,26 +71,30 @@ class ReidOptunaSweeper(Sweeper):
     def _settings(self, arguments: list[str]) -> SweepSettings:
         assert self.config is not None
         space = parse_search_space(self.params, arguments)
-        choices = self.config.hydra.runtime.choices
-        study_name = self.study_name or f"{self.config.experiment_name}-{choices.get('sweep') or 'sweep'}"
-        storage = normalize_storage(self.storage or default_storage(self.config.experiment_name, study_name))
+        study_name = self.study_name or str(self.config.hydra.job.name)
+        storage = normalize_storage(self.storage or default_storage(self.config.hydra.sweep.dir, study_name))
+        n_trials = self.n_trials
         sampler_kwargs: dict[str, Any] = {}
-        if OmegaConf.select(self.sampler_cfg, "_target_") == "optuna.samplers.GridSampler" \
-                and self.sampler_cfg.get("search_space") is None:
-            sampler_kwargs["search_space"] = space.grid()
+        if OmegaConf.select(self.sampler_cfg, "_target_") == "optuna.samplers.GridSampler":
+            grid = space.grid() if self.sampler_cfg.get("search_space") is None else self.sampler_cfg.search_space
+            sampler_kwargs["search_space"] = grid
+            # Past the grid's size the sampler would only repeat points.
+            n_trials = min(n_trials, math.prod(len(values) for values in grid.values()))
         sampler = instantiate(self.sampler_cfg, **sampler_kwargs)
         pruner_spec = OmegaConf.to_container(self.pruner_cfg, resolve=True)
         # Jobs build the pruner from this spec; building it here once makes bad options fail before any trial.
         instantiate(self.pruner_cfg)
         custom = get_method(self.custom_search_space) if self.custom_search_space else None
-        return SweepSettings(storage=storage, study_name=study_name, direction=self.direction,
-                             n_trials=self.n_trials, n_jobs=self.n_jobs, max_failure_rate=self.max_failure_rate,
-                             sampler=sampler, pruner_spec=pruner_spec, space=space,
-                             variants=build_variants(self.variants, self.config), custom_search_space=custom,
+        variants = instantiate(self.variants_cfg, self.config) if self.variants_cfg is not None else []
+        job_outcome = instantiate(self.job_outcome_cfg, _partial_=True) if self.job_outcome_cfg is not None else None
+        return SweepSettings(storage=storage, study_name=study_name, directions=self.directions,
+                             n_trials=n_trials, n_jobs=self.n_jobs, max_failure_rate=self.max_failure_rate,
+                             sampler=sampler, pruner_spec=pruner_spec, space=space, variants=list(variants),
+                             custom_search_space=custom, job_outcome=job_outcome,
                              heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period)
 
-    def sweep(self, arguments: list[str]) -> Any:
+    def sweep(self, arguments: Sequence[str]) -> None:
+        """Run the study to n_trials; the results are in the sweep directory and the study, so nothing is returned."""
         assert self.config is not None
-        settings = self._settings(arguments)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        return run_sweep(settings, self.launcher.launch, sweep_dir, self.config)
+        settings = self._settings(list(arguments))
+        run_sweep(settings, self.launcher.launch, Path(self.config.hydra.sweep.dir), self.config)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from hydra_plugins.reid_optuna_sweeper import current_link, current_trial
 from reid.config import as_plain_dict
 from reid.data.loaders import Loaders, build_loaders
 from reid.data.records import ReidSplits
@@ -21,6 +22,7 @@ from reid.engine.standard_hooks import CheckpointSaver, EarlyStopping, ProgressL
 from reid.engine.trainer import Trainer
 from reid.errors import ConfigError
 from reid.models import ReidModel, build_model
+from reid.sweep.pruning import TrialPruningHook
 
 log = logging.getLogger("reid")
 
@@ -115,11 +117,10 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         CheckpointSaver(run_dir, config),
         RunRecordHook(record),
     ]
-    if cfg.sweep_trial.trial_number is not None:
-        from reid.sweep.pruning import TrialPruningHook
-
-        hooks.insert(-1, TrialPruningHook(cfg.sweep_trial.storage, cfg.sweep_trial.study_name,
-                                          cfg.sweep_trial.trial_number))
+    trial = current_trial()
+    if trial is not None:
+        hooks.insert(-1, TrialPruningHook(trial))
+        record.info["sweep_trial"] = asdict(current_link())
     if cfg.trainer.transfer_epochs:
         hooks.insert(0, UnfreezeAfter(cfg.trainer.transfer_epochs, start.initial_epoch, cfg.trainer.unfreeze_lr_factor))
     trainer = Trainer(

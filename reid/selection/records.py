@@ -38,7 +38,7 @@ OPTIONAL_METRIC_KEYS = tuple(OPTIONAL_COLUMNS)
 DEFAULT_MONITOR = "mAP"
 JOURNAL_SUFFIXES = (".log", ".journal")
 STOP_KINDS = FAILED_KINDS | {COMPLETED, EARLY_STOPPING, INTERRUPTED}
-# Override and config keys that say how a job was launched, not what it trained.
+# Override and config keys that say how a job was launched, not what it trained (`sweep_trial.`: older records).
 BOOKKEEPING_PREFIXES = ("hydra.", "sweep_trial.")
 SAMPLED = "sampled"
 
@@ -77,6 +77,8 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
     trial_number: int | None = None
     monitor: str = DEFAULT_MONITOR
+    # The sweeper's link to the job's trial: model_info.json's `sweep_trial` (older records: the config's).
+    sweep_link: dict[str, Any] | None = None
 
     @property
     def in_progress(self) -> bool:
@@ -284,6 +286,7 @@ def summarize_model_info(info: Any, label: str, path: Path | None, where: str) -
         variant=str(variant) if variant not in (None, "") else None,
         notes=notes,
         monitor=monitor,
+        sweep_link=info.get("sweep_trial") if isinstance(info.get("sweep_trial"), dict) else None,
     )
 
 
@@ -350,8 +353,12 @@ def load_run_dirs(roots: list[Path]) -> RunCollection:
 
 
 def _trial_link(run: RunSummary) -> tuple[str, str, int] | None:
-    """(storage, study, trial number) of a job launched by the reid Optuna sweeper (its `sweep_trial` config)."""
-    link = run.hyperparameters.get("sweep_trial")
+    """(storage, study, trial number) of a job launched by the reid Optuna sweeper.
+
+    Jobs record it in model_info.json as `sweep_trial`; records from before the sweeper passed it outside the
+    config hold it in their config's `sweep_trial` node.
+    """
+    link = run.sweep_link or run.hyperparameters.get("sweep_trial")
     if not isinstance(link, dict):
         return None
     storage, study, number = link.get("storage"), link.get("study_name"), link.get("trial_number")

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 from reid.engine.hooks import EpochResult, Hook
 from reid.engine.stopping import StopReason
-from reid.sweep.storage import open_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -22,25 +21,19 @@ class TrialPruningHook(Hook):
     """Reports the monitored metric (trainer.monitor) as the trial's intermediate value per epoch, so the pruner
     and the dashboard see the curve.
 
-    The study is opened from the storage string in the job itself, which is what makes pruning work for
-    jobs in the sweep's process and in launcher subprocesses alike.
+    The trial is the job's own (`current_trial()` of the sweeper plugin), opened from the study's storage in
+    the job's process, which is what makes pruning work under any launcher.
     """
 
-    def __init__(self, storage: str, study_name: str, trial_number: int) -> None:
-        self.storage = storage
-        self.study_name = study_name
-        self.trial_number = trial_number
-        self.trial: optuna.Trial | None = None
-
-    def before_train(self, trainer: Trainer) -> None:
-        self.trial = open_trial(self.storage, self.study_name, self.trial_number)
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
 
     def after_epoch(self, trainer: Trainer, result: EpochResult) -> None:
         monitor = trainer.state.monitor
-        if result.metrics is None or self.trial is None or not math.isfinite(result.metrics[monitor]):
+        if result.metrics is None or not math.isfinite(result.metrics[monitor]):
             return
         self.trial.report(float(result.metrics[monitor]), result.epoch)
         if trainer.state.stop is None and self.trial.should_prune():
-            log.info("trial %d of study %s pruned at epoch %d (%s %.4f)", self.trial_number, self.study_name,
-                     result.epoch, monitor, result.metrics[monitor])
+            log.info("trial %d of study %s pruned at epoch %d (%s %.4f)", self.trial.number,
+                     self.trial.study.study_name, result.epoch, monitor, result.metrics[monitor])
             trainer.state.stop = StopReason.pruned(result.epoch)

@@ -1,37 +1,16 @@
 """Named variants: hand-picked trials built from the config the user starts from, run before the sampler.
 
-`plateau` holds the five standard fixes for a stalled run. Each variant is a set of overrides computed from
-the composed base config (its LR, schedule and epochs), so the same sweep file fits any backbone or dataset.
+`plateau_variants` builds the five standard fixes for a stalled run; sweeps/plateau.yaml names it as
+`hydra.sweeper.variants._target_`. Each variant is a set of overrides computed from the composed base config
+(its LR, schedule and epochs), so the same sweep file fits any backbone or dataset.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from omegaconf import DictConfig, OmegaConf
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
+from hydra_plugins.reid_optuna_sweeper import Variant
 from reid.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A named trial: `changes` maps override keys (config keys or group names) to values."""
-
-    name: str
-    changes: dict[str, Any]
-
-
-def format_value(value: Any) -> str:
-    """A python value in Hydra override syntax."""
-    if isinstance(value, (list, tuple, ListConfig)):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    return str(value)
 
 
 def _warmup(cfg: DictConfig) -> tuple[int, float]:
@@ -73,15 +52,3 @@ def plateau_variants(cfg: DictConfig) -> list[Variant]:
                                        "scheduler.warmup_factor": warmup_factor}),
         Variant("smaller_batch_higher_lr", {"data.p": 2, "data.k": 4, "optimizer.lr": 1e-3}),
     ]
-
-
-VARIANT_SETS: dict[str, Callable[[DictConfig], list[Variant]]] = {"plateau": plateau_variants}
-
-
-def build_variants(name: str | None, cfg: DictConfig) -> list[Variant]:
-    """The variants of set `name` (none when `name` is None)."""
-    if name is None:
-        return []
-    if name not in VARIANT_SETS:
-        raise ConfigError(f"hydra.sweeper.variants={name!r}: expected one of {sorted(VARIANT_SETS)} or null")
-    return VARIANT_SETS[name](cfg)

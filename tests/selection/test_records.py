@@ -229,6 +229,7 @@ def test_optuna_journal_file_and_clear_errors(tmp_path):
 
 
 def test_sweep_jobs_found_as_directories_get_their_trial_variant(tmp_path):
+    """Older records hold the trial link in their config's `sweep_trial` node, current ones in model_info.json."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import create_trial
@@ -245,10 +246,16 @@ def test_sweep_jobs_found_as_directories_get_their_trial_variant(tmp_path):
                                                              f"sweep_trial.trial_number={number}"],
                   hyperparameters={"sweep_trial": link})
 
+    # Current jobs record the link in model_info.json (no config node, no override).
+    study.add_trial(create_trial(value=0.6, user_attrs={"variant": "sampled"}))
+    write_run(sweep / "trial_0002", overrides=["experiment=demo", "optimizer.lr=0.002"],
+              sweep_trial={"storage": str(journal), "study_name": "plateau", "trial_number": 1})
+
     runs = {run.label: run for run in load_run_dirs([sweep]).runs}
 
     assert (runs["trial_0000"].variant, runs["trial_0000"].trial_number) == ("higher_lr", 0)
     assert runs["trial_0000"].overrides == ["experiment=demo", "optimizer.lr=0.001"]
+    assert (runs["trial_0002"].variant, runs["trial_0002"].trial_number) == ("sampled", 1)
     assert runs["trial_0001"].variant is None
     assert runs["trial_0001"].notes == [
         f"variant name unknown: its sweep's study storage {tmp_path / 'gone.journal'} no longer exists"]

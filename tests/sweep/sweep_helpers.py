@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from conftest import train_env
 
-from reid.sweep.storage import open_storage
+from hydra_plugins.reid_optuna_sweeper._storage import open_storage
 
 # A tiny sweep on the smoke config: 2 epochs, batch choices the 8 smoke identities allow.
 TINY = ["sweep=plateau", "experiment=smoke", "data.p=choice(2,4)", "data.k=choice(2,4)",

@@ -11,8 +11,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from reid.sweep.liveness import HEARTBEAT_ATTR, WORKER_ATTR, Heartbeat, fail_stale_trials, stale_reason, this_worker
-from reid.sweep.storage import open_storage
+from hydra_plugins.reid_optuna_sweeper._liveness import (
+    HEARTBEAT_ATTR,
+    WORKER_ATTR,
+    Heartbeat,
+    fail_stale_trials,
+    stale_reason,
+    this_worker,
+)
+from hydra_plugins.reid_optuna_sweeper._storage import open_storage
 
 GRACE = 600.0
 

@@ -22,7 +22,7 @@ from conftest import train_env
 from optuna.trial import TrialState
 from sweep_helpers import TINY, load, run_sweep, sweep_command
 
-from reid.sweep.liveness import HEARTBEAT_ATTR
+from hydra_plugins.reid_optuna_sweeper._liveness import HEARTBEAT_ATTR
 
 PLATEAU = ["higher_lr", "cosine_annealing", "heavy_triplet", "aggressive_lr_drop", "smaller_batch_higher_lr"]
 
@@ -55,6 +55,10 @@ def test_pruned_sweep_records_variants_pruning_and_results(pruned_sweep: tuple[P
         assert (run_dir / "model_info.json").is_file()
         assert trial.intermediate_values and all(0.0 <= v <= 1.0 for v in trial.intermediate_values.values())
         assert trial.user_attrs["epochs_trained"] == max(trial.intermediate_values)
+        # The job learned its trial from the environment, not its config, and recorded the link for reid.select.
+        info = json.loads((run_dir / "model_info.json").read_text())
+        assert info["sweep_trial"] == {"storage": str(journal), "study_name": "tiny", "trial_number": trial.number}
+        assert "sweep_trial" not in info["hyperparameters"]
     for trial in pruned:
         epoch = max(trial.intermediate_values)
         assert trial.user_attrs["stopping_reason"] == f"pruned by the sweep at epoch {epoch}"

@@ -13,13 +13,23 @@ RESULTS_YAML = "optimization_results.yaml"
 TRIALS_CSV = "trials.csv"
 
 
+def _solution(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return {"number": trial.number, "params": dict(trial.params), "values": list(trial.values),
+            "variant": trial.user_attrs.get("variant"), "run_dir": trial.user_attrs.get("run_dir")}
+
+
 def summarize(study: optuna.Study) -> dict[str, Any]:
-    """The best trial's params, value, variant, overrides and run dir, plus trial counts by state."""
+    """Trial counts by state and the winner: the best trial's params, value, variant, overrides and run dir, or
+    for several objectives the Pareto front's trials (`solutions`, each with params and values)."""
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
+    directions = [direction.name.lower() for direction in study.directions]
     summary: dict[str, Any] = {"name": "optuna", "study_name": study.study_name,
-                               "direction": study.direction.name.lower(),
+                               "direction": directions[0] if len(directions) == 1 else directions,
                                "trials": {k: v for k, v in counts.items() if v}}
+    if len(directions) > 1:
+        summary["solutions"] = [_solution(trial) for trial in study.best_trials]
+        return summary
     if not any(t.state == TrialState.COMPLETE for t in trials):
         summary.update(best_params=None, best_value=None)
         return summary

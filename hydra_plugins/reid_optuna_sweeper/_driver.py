@@ -1,7 +1,7 @@
-"""The sweep loop: ask trials, launch training jobs, record each outcome, resume and share studies safely.
+"""The sweep loop: ask trials, launch jobs, record each outcome, resume and share studies safely.
 
 Bookkeeping (stale trials, named variants, the trial count, asking) happens under `study_lock`, so sweep
-processes sharing one study never run a variant twice or exceed `n_trials`; training runs outside it.
+processes sharing one study never run a variant twice or exceed `n_trials`; the jobs run outside it.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from hydra.core.utils import JobReturn
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from reid.engine.record import read_model_info
-from reid.engine.stopping import DIVERGED_SCORE
-from reid.errors import ConfigError
-from reid.sweep.liveness import WORKER_ATTR, Heartbeat, fail_stale_trials, this_worker
-from reid.sweep.results import write_results
-from reid.sweep.space import SearchSpace
-from reid.sweep.storage import PRUNER_ATTR, open_storage, study_lock
-from reid.sweep.variants import Variant, format_value
+from hydra_plugins.reid_optuna_sweeper._errors import SweepConfigError
+from hydra_plugins.reid_optuna_sweeper._job import TrialLink
+from hydra_plugins.reid_optuna_sweeper._liveness import WORKER_ATTR, Heartbeat, fail_stale_trials, this_worker
+from hydra_plugins.reid_optuna_sweeper._outcome import JobOutcome
+from hydra_plugins.reid_optuna_sweeper._results import write_results
+from hydra_plugins.reid_optuna_sweeper._space import SearchSpace
+from hydra_plugins.reid_optuna_sweeper._storage import PRUNER_ATTR, open_storage, study_lock
+from hydra_plugins.reid_optuna_sweeper._variants import Variant, format_value, variant_trial
 
-log = logging.getLogger("reid")
+log = logging.getLogger(__name__)
 
 SAMPLED = "sampled"
 
@@ -40,7 +40,7 @@ class SweepSettings:
 
     storage: str
     study_name: str
-    direction: str
+    directions: list[str]
     n_trials: int
     n_jobs: int
     max_failure_rate: float
@@ -51,33 +51,14 @@ class SweepSettings:
     heartbeat_interval: float
     grace_period: float
     custom_search_space: Callable[[Any, optuna.Trial], None] | None = None
+    job_outcome: Callable[[Path], JobOutcome] | None = None
 
     def __post_init__(self) -> None:
-        # Both reach every training job as a quoted override, so a quote would break each trial's command line.
+        # Both reach every job as a quoted override, so a quote would break each trial's command line.
         for key, value in (("storage", self.storage), ("study_name", self.study_name)):
             if "'" in value:
-                raise ConfigError(f"hydra.sweeper.{key}={value!r}: a quote character (') cannot be passed to the "
-                                  f"training jobs; use a {key.replace('_', ' ')} without one")
-
-
-def _fits(dist: BaseDistribution, value: Any) -> bool:
-    if isinstance(dist, CategoricalDistribution):
-        return value in dist.choices
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    if isinstance(dist, IntDistribution) and not float(value).is_integer():
-        return False
-    if not dist.low <= value <= dist.high:
-        return False
-    return dist.step is None or math.isclose(round((value - dist.low) / dist.step) * dist.step, value - dist.low,
-                                              abs_tol=1e-12)
-
-
-def variant_trial(variant: Variant, space: SearchSpace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A variant as enqueue arguments: searched keys whose value fits become params, the rest plain overrides."""
-    params = {k: v for k, v in variant.changes.items() if k in space.distributions and _fits(space.distributions[k], v)}
-    extra = [f"{k}={format_value(v)}" for k, v in variant.changes.items() if k not in params]
-    return params, {"variant": variant.name, "fixed_keys": list(params), "extra_overrides": extra}
+                raise SweepConfigError(f"hydra.sweeper.{key}={value!r}: a quote character (') cannot be passed to "
+                                       f"the jobs; use a {key.replace('_', ' ')} without one")
 
 
 def _counted(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
@@ -94,7 +75,7 @@ def enqueue_variants(study: optuna.Study, settings: SweepSettings) -> list[str]:
     for variant in settings.variants:
         if variant.name in seen or len(added) >= room:
             continue
-        params, attrs = variant_trial(variant, settings.space)
+        params, attrs = variant_trial(variant, settings.space.distributions)
         study.enqueue_trial(params, user_attrs=attrs)
         added.append(variant.name)
     return added
@@ -118,8 +99,9 @@ def _dedupe(overrides: list[str]) -> list[str]:
     return list(by_key.values())
 
 
-def _quote(value: str) -> str:
-    return f"'{value}'"
+def link_overrides(link: TrialLink) -> list[str]:
+    """Hydra overrides that hand the job its trial link as environment variables (no key in the app's config)."""
+    return [f"++hydra.job.env_set.{name}='{value}'" for name, value in link.env().items()]
 
 
 def trial_overrides(trial: optuna.Trial, settings: SweepSettings, base_cfg: Any) -> list[str]:
@@ -129,8 +111,9 @@ def trial_overrides(trial: optuna.Trial, settings: SweepSettings, base_cfg: Any)
     keys = attrs.get("fixed_keys", []) if named else list(settings.space.distributions)
     missing = [key for key in keys if key not in settings.space.distributions]
     if missing:
-        raise ConfigError(f"trial {trial.number} ({attrs.get('variant')}) was enqueued with params {missing}, which "
-                          "are no longer in hydra.sweeper.params; resume with the search space it was started with")
+        raise SweepConfigError(f"trial {trial.number} ({attrs.get('variant')}) was enqueued with params {missing}, "
+                               "which are no longer in hydra.sweeper.params; resume with the search space it was "
+                               "started with")
     params = {key: _suggest(trial, key, settings.space.distributions[key]) for key in keys}
     if not named:
         trial.set_user_attr("variant", SAMPLED)
@@ -140,11 +123,8 @@ def trial_overrides(trial: optuna.Trial, settings: SweepSettings, base_cfg: Any)
     overrides = _dedupe([*settings.space.fixed, *(f"{k}={format_value(v)}" for k, v in params.items()),
                          *attrs.get("extra_overrides", [])])
     trial.set_user_attr("overrides", overrides)
-    return [*overrides,
-            f"sweep_trial.storage={_quote(settings.storage)}",
-            f"sweep_trial.study_name={_quote(settings.study_name)}",
-            f"sweep_trial.trial_number={trial.number}",
-            f"hydra.sweep.subdir=trial_{trial.number:04d}"]
+    link = TrialLink(settings.storage, settings.study_name, trial.number)
+    return [*overrides, *link_overrides(link), f"hydra.sweep.subdir=trial_{trial.number:04d}"]
 
 
 def _may_ask(study: optuna.Study, n_trials: int) -> bool:
@@ -156,7 +136,7 @@ def _may_ask(study: optuna.Study, n_trials: int) -> bool:
     return len(_counted(trials)) < n_trials
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
+def _tell(study: optuna.Study, trial: optuna.Trial, values: list[float] | None = None,
           state: TrialState = TrialState.COMPLETE) -> None:
     """`study.tell`, tolerating the grid sampler's `study.stop()` when its grid is used up.
 
@@ -164,56 +144,89 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
     ends the sweep through `GridSampler.is_exhausted`.
     """
     try:
-        study.tell(trial, value, state=state)
+        study.tell(trial, values, state=state)
     except RuntimeError:
         if not isinstance(study.sampler, optuna.samplers.GridSampler):
             raise
 
 
-def record_outcome(study: optuna.Study, trial: optuna.Trial, result: JobReturn, run_dir: Path) -> TrialState:
-    """Tell the study how the job ended: PRUNED, FAIL (error, out of memory, diverged, with reason) or COMPLETE."""
-    info = read_model_info(run_dir) or {}
-    status = info.get("status")
-    reason = (info.get("stopping_reason") or {}).get("message")
+def objective_values(value: Any, n_objectives: int) -> list[float] | str:
+    """The job's return value as `n_objectives` finite floats, or why it is not that."""
+    if n_objectives == 1:
+        items = [value]
+    elif isinstance(value, (list, tuple)) or (hasattr(value, "__len__") and not isinstance(value, (str, dict))):
+        items = list(value)
+    else:
+        return f"the job returned {value!r}; expected a sequence of {n_objectives} numbers"
+    if len(items) != n_objectives:
+        return f"the job returned {len(items)} values ({value!r}); expected {n_objectives}, one per direction"
+    try:
+        numbers = [float(item) for item in items]
+    except (TypeError, ValueError):
+        return f"the job returned {value!r}; expected {'a number' if n_objectives == 1 else 'numbers'}"
+    if not all(math.isfinite(number) for number in numbers):
+        return f"the job returned {value!r}, which is not finite"
+    return numbers
+
+
+def record_outcome(study: optuna.Study, trial: optuna.Trial, result: JobReturn, run_dir: Path,
+                   job_outcome: Callable[[Path], JobOutcome] | None = None) -> TrialState:
+    """Tell the study how the job ended: PRUNED, FAIL (an error, a bad value or the app's verdict) or COMPLETE."""
+    outcome = job_outcome(run_dir) if job_outcome is not None else JobOutcome()
     trial.set_user_attr("run_dir", str(run_dir.resolve()))
-    trial.set_user_attr("stopping_reason", reason)
-    trial.set_user_attr("epochs_trained", info.get("epochs_trained"))
+    for key, value in outcome.user_attrs.items():
+        trial.set_user_attr(key, value)
     try:
         value = result.return_value
-    except Exception as exc:  # noqa: BLE001 - a failed job is a failed trial; the sweep goes on
-        fail = f"{status or 'error'}: {type(exc).__name__}: {exc}"
-        trial.set_user_attr("fail_reason", fail)
-        _tell(study, trial, state=TrialState.FAIL)
-        log.warning("trial %d failed: %s", trial.number, fail)
-        return TrialState.FAIL
-    if status == "pruned":
+    except optuna.TrialPruned:
         _tell(study, trial, state=TrialState.PRUNED)
         return TrialState.PRUNED
-    if status == "diverged" or value is None or not math.isfinite(float(value)) or float(value) == DIVERGED_SCORE:
-        trial.set_user_attr("fail_reason", f"diverged: {reason or f'the job returned {value}'}")
-        _tell(study, trial, state=TrialState.FAIL)
-        log.warning("trial %d diverged: %s", trial.number, reason)
-        return TrialState.FAIL
-    _tell(study, trial, float(value))
+    except Exception as exc:  # noqa: BLE001 - a failed job is a failed trial; the sweep goes on
+        return _fail(study, trial, f"{outcome.status or 'error'}: {type(exc).__name__}: {exc}")
+    if outcome.pruned:
+        _tell(study, trial, state=TrialState.PRUNED)
+        return TrialState.PRUNED
+    if outcome.failed is not None:
+        return _fail(study, trial, outcome.failed)
+    values = objective_values(value, len(study.directions))
+    if isinstance(values, str):
+        return _fail(study, trial, values)
+    _tell(study, trial, values)
     return TrialState.COMPLETE
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> TrialState:
+    trial.set_user_attr("fail_reason", reason)
+    _tell(study, trial, state=TrialState.FAIL)
+    log.warning("trial %d failed: %s", trial.number, reason)
+    return TrialState.FAIL
 
 
 class TooManyFailures(RuntimeError):
     """The sweep stopped because failed trials passed max_failure_rate × n_trials."""
 
 
-def check_failures(study: optuna.Study, settings: SweepSettings) -> None:
+def check_failures(study: optuna.Study, settings: SweepSettings, last_error: BaseException | None) -> None:
+    """Stop the sweep once failures pass the rate, raising from the last job error so its traceback shows."""
     failed = [t for t in _counted(study.get_trials(deepcopy=False)) if t.state == TrialState.FAIL]
     if len(failed) > settings.max_failure_rate * settings.n_trials:
         lines = "\n".join(f"  trial {t.number} ({t.user_attrs.get('variant')}): {t.user_attrs.get('fail_reason')}"
                           for t in failed)
         raise TooManyFailures(f"{len(failed)} failed trials exceed hydra.sweeper.max_failure_rate="
-                              f"{settings.max_failure_rate} of n_trials={settings.n_trials}:\n{lines}")
+                              f"{settings.max_failure_rate} of n_trials={settings.n_trials}:\n{lines}") from last_error
 
 
 def open_study(settings: SweepSettings) -> optuna.Study:
     return optuna.create_study(storage=open_storage(settings.storage), study_name=settings.study_name,
-                               sampler=settings.sampler, direction=settings.direction, load_if_exists=True)
+                               sampler=settings.sampler, directions=settings.directions, load_if_exists=True)
+
+
+def _job_error(result: JobReturn) -> BaseException | None:
+    try:
+        result.return_value  # noqa: B018 - JobReturn raises the job's own exception here
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None
 
 
 def run_sweep(settings: SweepSettings, launch: Launch, sweep_dir: Path, base_cfg: Any) -> optuna.Study:
@@ -237,11 +250,13 @@ def run_sweep(settings: SweepSettings, launch: Launch, sweep_dir: Path, base_cfg
                 break
             with Heartbeat([trial for trial, _ in batch], settings.heartbeat_interval):
                 results = launch([overrides for _, overrides in batch], batch[0][0].number)
+            last_error = None
             for (trial, _), result in zip(batch, results):
                 run_dir = Path(result.hydra_cfg.hydra.runtime.output_dir) if result.hydra_cfg else sweep_dir
-                state = record_outcome(study, trial, result, run_dir)
+                state = record_outcome(study, trial, result, run_dir, settings.job_outcome)
+                last_error = _job_error(result) or last_error
                 log.info("trial %d (%s): %s", trial.number, trial.user_attrs.get("variant"), state.name)
-            check_failures(study, settings)
+            check_failures(study, settings, last_error)
     finally:
         write_results(study, sweep_dir)
     return study

@@ -22,15 +22,24 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from reid.utils.process import process_exists
-
-log = logging.getLogger("reid")
+log = logging.getLogger(__name__)
 
 WORKER_ATTR = "worker"
 HEARTBEAT_ATTR = "heartbeat"
 # User attributes that describe one attempt, not the work; a retry does not inherit them.
-ATTEMPT_ATTRS = (WORKER_ATTR, HEARTBEAT_ATTR, "overrides", "run_dir", "stopping_reason", "epochs_trained",
+ATTEMPT_ATTRS = (WORKER_ATTR, HEARTBEAT_ATTR, "overrides", "run_dir",
                  "fail_reason", "stale", "retry_of")
+
+
+def _process_exists(pid: int) -> bool:
+    """True while `pid` names a process on this host, including one owned by another user."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def this_worker() -> dict[str, Any]:
@@ -41,7 +50,7 @@ def stale_reason(trial: FrozenTrial, grace_period: float, now: float | None = No
     """Why the RUNNING `trial` is dead, or None while its process may still be working on it."""
     worker = trial.user_attrs.get(WORKER_ATTR)
     if worker and worker["host"] == this_worker()["host"]:
-        if worker["pid"] == os.getpid() or process_exists(worker["pid"]):
+        if worker["pid"] == os.getpid() or _process_exists(worker["pid"]):
             return None
         return f"sweep process {worker['pid']} on {worker['host']} died"
     beat = trial.user_attrs.get(HEARTBEAT_ATTR)

@@ -2,7 +2,7 @@
 
 A storage is either a path (a journal file, safe for many processes on one machine) or a database URL
 (`sqlite:///...`, `postgresql://...`; PostgreSQL for workers on several machines). The sweeper and every
-training job open the study from the same string, so pruning works whichever process runs the job.
+job open the study from the same string, so pruning works whichever process runs the job.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
-from reid.errors import ConfigError
+from hydra_plugins.reid_optuna_sweeper._errors import SweepConfigError
 
 JOURNAL_SUFFIX = ".journal"
 
 
-def default_storage(experiment_name: str, study_name: str) -> str:
-    """A journal file under outputs/, so a sweep needs no set-up and parallel local workers are safe."""
-    return str((Path("outputs") / experiment_name / "optuna" / f"{study_name}{JOURNAL_SUFFIX}").resolve())
+def default_storage(sweep_dir: str | Path, study_name: str) -> str:
+    """A journal file in the sweep directory, so a sweep needs no set-up and its jobs can open their trials."""
+    return str((Path(sweep_dir) / f"{study_name}{JOURNAL_SUFFIX}").resolve())
 
 
 def is_url(storage: str) -> bool:
@@ -35,11 +35,11 @@ def is_url(storage: str) -> bool:
 def normalize_storage(storage: str) -> str:
     """The storage string every process can open: file paths made absolute, URLs kept as written."""
     if not storage:
-        raise ConfigError("hydra.sweeper.storage is empty: expected a journal file path or a database URL")
+        raise SweepConfigError("hydra.sweeper.storage is empty: expected a journal file path or a database URL")
     if is_url(storage):
         dialect = storage.split("://", 1)[0].split("+", 1)[0]
         if dialect not in ("sqlite", "postgresql"):
-            raise ConfigError(f"hydra.sweeper.storage={storage!r}: expected a journal file path, sqlite:///... or "
+            raise SweepConfigError(f"hydra.sweeper.storage={storage!r}: expected a journal file path, sqlite:///... or "
                               f"postgresql://... (got the {dialect!r} scheme)")
         return storage
     return str(Path(storage).expanduser().resolve())
@@ -66,17 +66,16 @@ def study_lock(storage: str, study_name: str) -> Iterator[None]:
     works across machines. Training itself runs outside the lock.
     """
     if is_url(storage) and storage.startswith("postgresql"):
-        import sqlalchemy
-
         key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
-        engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+        # Optuna's own database engine, so the plugin needs no database library of its own.
+        engine = RDBStorage(storage).engine
         try:
             with engine.connect() as connection:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                connection.exec_driver_sql("SELECT pg_advisory_lock(%(key)s)", {"key": key})
                 try:
                     yield
                 finally:
-                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    connection.exec_driver_sql("SELECT pg_advisory_unlock(%(key)s)", {"key": key})
         finally:
             engine.dispose()
         return
@@ -92,11 +91,12 @@ def study_lock(storage: str, study_name: str) -> Iterator[None]:
         os.close(fd)
 
 
+# The study attribute holding the pruner's `_target_` spec, which every job builds its pruner from.
 PRUNER_ATTR = "reid_pruner"
 
 
 def open_trial(storage: str, study_name: str, trial_number: int) -> optuna.Trial:
-    """The running trial `trial_number`, opened by a training job to report mAP and ask about pruning.
+    """The running trial `trial_number`, opened by a job to report intermediate values and ask about pruning.
 
     The job builds the pruner the sweeper recorded in the study, so it prunes as the sweep was configured
     whichever process it runs in.
@@ -107,10 +107,11 @@ def open_trial(storage: str, study_name: str, trial_number: int) -> optuna.Trial
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
                                   sampler=optuna.samplers.RandomSampler())
     except KeyError as exc:
-        raise ConfigError(f"sweep_trial.study_name={study_name!r}: no such study in {storage}") from exc
+        raise SweepConfigError(f"study {study_name!r} (the job's trial link) is not in {storage}") from exc
     spec = study.user_attrs.get(PRUNER_ATTR)
     study.pruner = instantiate(spec) if spec else optuna.pruners.NopPruner()
     for frozen in study.get_trials(deepcopy=False):
         if frozen.number == trial_number:
             return optuna.Trial(study, frozen._trial_id)
-    raise ConfigError(f"sweep_trial.trial_number={trial_number}: study {study_name!r} in {storage} has no such trial")
+    raise SweepConfigError(f"trial {trial_number} (the job's trial link): study {study_name!r} in {storage} has "
+                           "no such trial")
