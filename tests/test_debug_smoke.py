@@ -11,10 +11,11 @@ import torch
 from conftest import run_train
 from PIL import Image
 
+from hydra_plugins.reid_optuna_sweeper._variants import format_value
 from reid.checkpoint import LAST_CHECKPOINT
 from reid.config import validate_targets
 from reid.engine.stages import stage_max_epochs
-from reid.sweep.variants import format_value, plateau_variants
+from reid.sweep.variants import plateau_variants
 from reid.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
