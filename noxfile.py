@@ -32,8 +32,14 @@ def demo(session: nox.Session) -> None:
     session.run("python", "-m", "reid.train", "experiment=demo", *session.posargs)
 
 
+BENCHMARKS = {"eval": "reid.metrics.benchmark", "rerank": "reid.metrics.rerank_benchmark"}
+
+
 @nox.session
 def benchmark(session: nox.Session) -> None:
-    """Time Market-1501-scale evaluation (features to mAP/CMC); extra arguments go to the benchmark."""
+    """Time Market-1501-scale evaluation (`-- eval`, the default) or re-ranking (`-- rerank`); later arguments
+    go to that benchmark."""
     session.install("-e", ".")
-    session.run("python", "-m", "reid.metrics.benchmark", *session.posargs)
+    args = list(session.posargs)
+    name = args.pop(0) if args and args[0] in BENCHMARKS else "eval"
+    session.run("python", "-m", BENCHMARKS[name], *args)
