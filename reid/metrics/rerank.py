@@ -20,6 +20,9 @@ import torch
 
 from reid.metrics.distance import METRICS, ArrayLike, _as_features, compute_distance_matrix
 
+# Each image keeps this many times its k1 + 1 nearest neighbours with their distances, so the weights of its
+# expanded neighbour set (neighbours of neighbours) are mostly looked up rather than recomputed.
+_LOOKUP_FACTOR = 4
 # Temporaries of one block stay under this many bytes (the output matrix itself is query x gallery float32).
 _BLOCK_BYTES = 256 * 1024 * 1024
 
@@ -42,8 +45,9 @@ def re_rank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20
     if not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"lambda_value={lambda_value!r}: expected a value in [0, 1]")
 
-    scale, neighbours = _nearest(features, max(k1 + 1, k2), metric)
-    vectors = _neighbour_vectors(features, scale, neighbours, k1, metric)
+    width = min(total, max(k1 + 1, k2) * _LOOKUP_FACTOR)
+    scale, neighbours, scaled = _nearest(features, width, metric)
+    vectors = _neighbour_vectors(features, scale, neighbours, scaled, k1, metric)
     if k2 != 1:
         vectors = _expand_queries(vectors, neighbours[:, :k2], total)
     return _blend(features, scale, vectors, num_query, lambda_value, metric)
@@ -58,18 +62,22 @@ def _row_block(total: int, width: int) -> int:
     return max(1, min(total, _BLOCK_BYTES // max(1, 4 * width)))
 
 
-def _nearest(features: torch.Tensor, k: int, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's largest working distance, and its k nearest images by scaled distance, nearest first."""
+def _nearest(features: torch.Tensor, k: int, metric: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each image's largest working distance, its k nearest images by scaled distance (nearest first), and
+    those scaled distances."""
     total = len(features)
     scale = torch.empty(total, dtype=torch.float32, device=features.device)
     neighbours = torch.empty((total, k), dtype=torch.long, device=features.device)
+    scaled = torch.empty((total, k), dtype=torch.float32, device=features.device)
     step = _row_block(total, total)
     for begin in range(0, total, step):
-        block = _distances(features[begin:begin + step], features, metric)
-        scale[begin:begin + step] = block.amax(dim=1)
-        block.div_(scale[begin:begin + step, None])
-        neighbours[begin:begin + step] = _smallest(block, k)
-    return scale, neighbours
+        rows = slice(begin, begin + step)
+        block = _distances(features[rows], features, metric)
+        scale[rows] = block.amax(dim=1)
+        block.div_(scale[rows, None])
+        neighbours[rows] = _smallest(block, k)
+        scaled[rows] = block.gather(1, neighbours[rows])
+    return scale, neighbours, scaled
 
 
 def _smallest(block: torch.Tensor, k: int) -> torch.Tensor:
@@ -118,8 +126,8 @@ def _pair_distances(features: torch.Tensor, rows: torch.Tensor, columns: torch.T
     return value.square_()
 
 
-def _neighbour_vectors(features: torch.Tensor, scale: torch.Tensor, neighbours: torch.Tensor, k1: int,
-                       metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _neighbour_vectors(features: torch.Tensor, scale: torch.Tensor, neighbours: torch.Tensor,
+                       scaled: torch.Tensor, k1: int, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image's sparse neighbour vector, as (columns, weights) padded with column N and weight 0."""
     total = len(features)
     knn = neighbours[:, :k1 + 1]
@@ -146,16 +154,24 @@ def _neighbour_vectors(features: torch.Tensor, scale: torch.Tensor, neighbours: 
         columns[rows] = members.masked_fill_(repeated, total).sort(dim=1).values
     used = int((columns < total).sum(dim=1).max())
     columns = columns[:, :used].contiguous()
-    weights = torch.zeros(columns.shape, dtype=torch.float32, device=features.device)
-    step = _row_block(total, used * max(1, features.shape[1]))
+    distance = torch.zeros(columns.shape, dtype=torch.float32, device=features.device)
+    found = torch.zeros(columns.shape, dtype=torch.bool, device=features.device)
+    step = _row_block(total, used * neighbours.shape[1])
     for begin in range(0, total, step):
-        rows = torch.arange(begin, min(total, begin + step), device=features.device)
-        valid = columns[rows] < total
-        safe = torch.where(valid, columns[rows], rows[:, None])
-        scaled = _pair_distances(features, rows, safe, metric) / scale[rows, None]
-        weight = torch.where(valid, torch.exp(-scaled), torch.zeros_like(scaled))
-        weights[rows] = weight / weight.sum(dim=1, keepdim=True)
-    return columns, weights
+        rows = slice(begin, min(total, begin + step))
+        matches = columns[rows, :, None] == neighbours[rows, None, :]
+        found[rows] = matches.any(dim=2)
+        distance[rows] = scaled[rows].gather(1, matches.int().argmax(dim=2))
+    # Members of the expanded set beyond an image's lookup list: their distances computed pair by pair.
+    row_of, slot_of = ((columns < total) & ~found).nonzero(as_tuple=True)
+    step = _row_block(len(row_of), max(1, features.shape[1]))
+    for begin in range(0, len(row_of), step):
+        rows, slots = row_of[begin:begin + step], slot_of[begin:begin + step]
+        pair = _pair_distances(features, rows, columns[rows, slots][:, None], metric)[:, 0]
+        distance[rows, slots] = pair / scale[rows]
+    valid = columns < total
+    weights = torch.where(valid, torch.exp(-distance), torch.zeros_like(distance))
+    return columns, weights / weights.sum(dim=1, keepdim=True)
 
 
 def _expand_queries(vectors: tuple[torch.Tensor, torch.Tensor], nearest: torch.Tensor,
