@@ -46,11 +46,12 @@ def re_rank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20
         raise ValueError(f"lambda_value={lambda_value!r}: expected a value in [0, 1]")
 
     width = min(total, max(k1 + 1, k2) * _LOOKUP_FACTOR)
-    scale, neighbours, scaled = _nearest(features, width, metric)
+    original = torch.empty((num_query, total - num_query), dtype=torch.float32, device=features.device)
+    scale, neighbours, scaled = _nearest(features, width, metric, original)
     vectors = _neighbour_vectors(features, scale, neighbours, scaled, k1, metric)
     if k2 != 1:
         vectors = _expand_queries(vectors, neighbours[:, :k2], total)
-    return _blend(features, scale, vectors, num_query, lambda_value, metric)
+    return _blend(original, vectors, lambda_value)
 
 
 def _distances(rows: torch.Tensor, features: torch.Tensor, metric: str) -> torch.Tensor:
@@ -62,9 +63,11 @@ def _row_block(total: int, width: int) -> int:
     return max(1, min(total, _BLOCK_BYTES // max(1, 4 * width)))
 
 
-def _nearest(features: torch.Tensor, k: int, metric: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _nearest(features: torch.Tensor, k: int, metric: str,
+             original: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each image's largest working distance, its k nearest images by scaled distance (nearest first), and
-    those scaled distances."""
+    those scaled distances; the queries' scaled distances to the gallery go into `original` on the way."""
+    num_query = len(original)
     total = len(features)
     scale = torch.empty(total, dtype=torch.float32, device=features.device)
     neighbours = torch.empty((total, k), dtype=torch.long, device=features.device)
@@ -75,6 +78,8 @@ def _nearest(features: torch.Tensor, k: int, metric: str) -> tuple[torch.Tensor,
         block = _distances(features[rows], features, metric)
         scale[rows] = block.amax(dim=1)
         block.div_(scale[rows, None])
+        if begin < num_query:
+            original[begin:begin + step] = block[:num_query - begin, num_query:]
         neighbours[rows] = _smallest(block, k)
         scaled[rows] = block.gather(1, neighbours[rows])
     return scale, neighbours, scaled
@@ -199,13 +204,13 @@ def _expand_queries(vectors: tuple[torch.Tensor, torch.Tensor], nearest: torch.T
     return columns[:, :used].contiguous(), weights[:, :used].contiguous()
 
 
-def _blend(features: torch.Tensor, scale: torch.Tensor, vectors: tuple[torch.Tensor, torch.Tensor],
-           num_query: int, lambda_value: float, metric: str) -> torch.Tensor:
-    """(1 - λ) Jaccard distance of the vectors + λ scaled original distance, for every query x gallery pair."""
+def _blend(original: torch.Tensor, vectors: tuple[torch.Tensor, torch.Tensor], lambda_value: float) -> torch.Tensor:
+    """(1 - λ) Jaccard distance of the vectors + λ scaled original distance, for every query x gallery pair;
+    written over `original` (the queries' scaled distances to the gallery)."""
     columns, weights = vectors
-    total = len(features)
-    num_gallery = total - num_query
-    device = features.device
+    num_query, num_gallery = original.shape
+    total = num_query + num_gallery
+    device = original.device
     # Inverted index over the gallery's vectors: for each column, the gallery images holding it, and their weights.
     gallery_columns = columns[num_query:]
     valid = gallery_columns < total
@@ -216,7 +221,6 @@ def _blend(features: torch.Tensor, scale: torch.Tensor, vectors: tuple[torch.Ten
     index_start = torch.zeros(total + 1, dtype=torch.long, device=device)
     index_start[1:] = torch.bincount(index_columns, minlength=total).cumsum(0)
 
-    out = torch.empty((num_query, num_gallery), dtype=torch.float32, device=device)
     step = _row_block(num_query, num_gallery + 4 * columns.shape[1] * max(1, len(index_owner) // max(1, total)))
     for begin in range(0, num_query, step):
         rows = slice(begin, min(num_query, begin + step))
@@ -234,6 +238,5 @@ def _blend(features: torch.Tensor, scale: torch.Tensor, vectors: tuple[torch.Ten
         overlap.index_put_((pair_local, index_owner[position]), torch.minimum(pair_weight, index_weight[position]),
                            accumulate=True)
         jaccard = 1.0 - overlap / (2.0 - overlap)
-        original = _distances(features[rows], features[num_query:], metric).div_(scale[rows, None])
-        out[rows] = jaccard * (1.0 - lambda_value) + original * lambda_value
-    return out
+        original[rows] = jaccard * (1.0 - lambda_value) + original[rows] * lambda_value
+    return original
