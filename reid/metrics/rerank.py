@@ -23,6 +23,10 @@ from reid.metrics.distance import METRICS, ArrayLike, _as_features, compute_dist
 # Each image keeps this many times its k1 + 1 nearest neighbours with their distances, so the weights of its
 # expanded neighbour set (neighbours of neighbours) are mostly looked up rather than recomputed.
 _LOOKUP_FACTOR = 4
+# Candidates each image keeps beyond the k it needs, so exact ties at the k-th place can be told apart.
+_SPARE = 8
+# Side of the square blocks of the image x image distance matrix computed at a time.
+_SQUARE_BLOCK = 2048
 # Temporaries of one block stay under this many bytes (the output matrix itself is query x gallery float32).
 _BLOCK_BYTES = 256 * 1024 * 1024
 
@@ -66,43 +70,63 @@ def _row_block(total: int, width: int) -> int:
 def _nearest(features: torch.Tensor, k: int, metric: str,
              original: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each image's largest working distance, its k nearest images by scaled distance (nearest first), and
-    those scaled distances; the queries' scaled distances to the gallery go into `original` on the way."""
-    num_query = len(original)
-    total = len(features)
-    scale = torch.empty(total, dtype=torch.float32, device=features.device)
-    neighbours = torch.empty((total, k), dtype=torch.long, device=features.device)
-    scaled = torch.empty((total, k), dtype=torch.float32, device=features.device)
-    step = _row_block(total, total)
-    for begin in range(0, total, step):
-        rows = slice(begin, begin + step)
-        block = _distances(features[rows], features, metric)
-        scale[rows] = block.amax(dim=1)
-        block.div_(scale[rows, None])
-        if begin < num_query:
-            original[begin:begin + step] = block[:num_query - begin, num_query:]
-        neighbours[rows] = _smallest(block, k)
-        scaled[rows] = block.gather(1, neighbours[rows])
-    return scale, neighbours, scaled
+    those scaled distances; the queries' scaled distances to the gallery go into `original` on the way.
 
-
-def _smallest(block: torch.Tensor, k: int) -> torch.Tensor:
-    """Column indices of each row's k smallest values, ascending, equal values in column order.
-
-    The order of exact ties decides which images are neighbours, so it must be defined: it is a stable sort's.
-    (The community code's quicksort argsort leaves it unspecified; its result then depends on the numpy build.)
-    A partial selection with some spare places finds the candidates; rows whose tie at the k-th value may reach
-    past the spare places are sorted whole.
+    The order of exact ties decides which images are neighbours, so it is defined: a stable sort's, equal
+    distances in index order (the community code's quicksort argsort leaves it to the numpy build). Distances
+    are symmetric, so each square block of the image x image matrix is computed once and serves the rows of
+    both its images' ranges; each row keeps its `k + _SPARE` smallest (distance, index) pairs. Scaling a row
+    can make distinct distances equal, so rows whose k-th and last kept candidates then tie are ranked again.
     """
-    spare = min(block.shape[1], k + 8)
-    candidates = block.topk(spare, dim=1, largest=False, sorted=False).indices.sort(dim=1).values
-    values = block.gather(1, candidates)
-    values, order = values.sort(dim=1, stable=True)
-    candidates = candidates.gather(1, order)
-    if spare < block.shape[1]:
-        unsure = values[:, k - 1] >= values[:, -1]
-        if bool(unsure.any()):
-            candidates[unsure] = block[unsure].sort(dim=1, stable=True).indices[:, :spare]
-    return candidates[:, :k]
+    num_query, total = len(original), len(features)
+    keep = min(total, k + _SPARE)
+    device = features.device
+    best = torch.full((total, keep), torch.iinfo(torch.int64).max, dtype=torch.long, device=device)
+    scale = torch.zeros(total, dtype=torch.float32, device=device)
+    size = _SQUARE_BLOCK
+    for first in range(0, total, size):
+        rows = slice(first, min(total, first + size))
+        for second in range(first, total, size):
+            columns = slice(second, min(total, second + size))
+            block = _distances(features[rows], features[columns], metric)
+            if first < num_query and columns.stop > num_query:
+                within = slice(max(0, num_query - second), None)
+                original[first:min(num_query, rows.stop), max(0, second - num_query):columns.stop - num_query] = \
+                    block[:num_query - first, within]
+            _merge(best, scale, rows, block, second)
+            if second != first:
+                _merge(best, scale, columns, block.t(), first)
+    original /= scale[:num_query, None]
+    values, indices = _unpack(best)
+    ranked = _pack(values / scale[:, None], indices).sort(dim=1).values
+    scaled, neighbours = _unpack(ranked)
+    unsure = (scaled[:, k - 1] == scaled[:, -1]).nonzero().flatten() if keep < total else []
+    for row in unsure:
+        exact = _distances(features[row:row + 1], features, metric)[0] / scale[row]
+        neighbours[row] = exact.sort(stable=True).indices[:keep]
+        scaled[row] = exact[neighbours[row]]
+    return scale, neighbours[:, :k].contiguous(), scaled[:, :k].contiguous()
+
+
+def _pack(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """(value, index) as one int64 that orders like the pair: the bits of a float >= 0 order like its value."""
+    return (values.contiguous().view(torch.int32).long() << 32) | indices
+
+
+def _unpack(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return (keys >> 32).int().view(torch.float32), keys & 0xFFFFFFFF
+
+
+def _merge(best: torch.Tensor, scale: torch.Tensor, rows: slice, block: torch.Tensor, offset: int) -> None:
+    """Fold one block of distances (columns from `offset`) into its rows' kept candidates and maxima.
+
+    The block's own selection may drop some of several equal distances at its last kept place; then the row's
+    k-th and last kept distances are equal too, which `_nearest` catches and ranks again in full.
+    """
+    scale[rows] = torch.maximum(scale[rows], block.amax(dim=1))
+    found = block.topk(min(best.shape[1], block.shape[1]), dim=1, largest=False, sorted=False)
+    keys = _pack(found.values, found.indices + offset)
+    best[rows] = torch.cat([best[rows], keys], dim=1).topk(best.shape[1], dim=1, largest=False, sorted=False).values
 
 
 def _reciprocal(neighbours: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from reid.metrics import compute_distance_matrix, evaluate_rank
+from reid.metrics import compute_distance_matrix, evaluate_rank, rerank
 from reid.metrics.rerank import re_rank
 
 # Made with torchreid's `utils/rerank.py` `re_ranking` (KaiyangZhou/deep-person-reid at 08bb2cc) applied to the
@@ -26,8 +26,10 @@ def test_reference_cases_cover_ties_cosine_and_no_query_expansion():
     assert (distances == np.round(distances)).all() and len(np.unique(distances)) < distances.size // 50
 
 
+@pytest.mark.parametrize("block", [7, 2048])  # many square blocks of the distance matrix, or one
 @pytest.mark.parametrize("case", CASES)
-def test_equals_the_community_implementation(case):
+def test_equals_the_community_implementation(case, block, monkeypatch):
+    monkeypatch.setattr(rerank, "_SQUARE_BLOCK", block)
     k1, k2, lambda_value = REFERENCE[f"{case}__params"]
     result = re_rank(torch.from_numpy(REFERENCE[f"{case}__query"]), torch.from_numpy(REFERENCE[f"{case}__gallery"]),
                      k1=int(k1), k2=int(k2), lambda_value=float(lambda_value),
