@@ -48,6 +48,7 @@ class TrainerConfig:
     limit_eval_gallery: Optional[int] = None
     debug_stage_epochs: Optional[int] = None
     lock_stale_after: float = 3600.0
+    sync_bn: bool = False
 
 
 @dataclass

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from reid.checkpoint import LAST_CHECKPOINT, check_architecture, load_initial_weights, load_training_checkpoint
 from reid.cli import exit_on_user_error
 from reid.config import as_plain_dict, register_configs, validate_targets
+from reid.engine import distributed
 from reid.engine.build import build_experiment, build_trainer
 from reid.engine.resume import check_resume_config, resolve_resume_dir
 from reid.engine.run_lock import hold_run_dir
@@ -53,7 +54,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[st
     """Build everything from `cfg`, train, write the run record into `run_dir`, return the score.
 
     `overrides` are the command-line overrides recorded for the run (default: the Hydra job's). The process owns
-    `run_dir` while it trains: another one training there makes this refuse with RunDirLocked.
+    `run_dir` while it trains: another one training there makes this refuse with RunDirLocked. Under torchrun,
+    rank 0 owns it for all the ranks, which share it.
     """
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     if run_dir is None:
@@ -63,6 +65,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[st
     run_dir = Path(run_dir)
     if overrides is None:
         overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+    if not distributed.is_main():
+        return _train_in(cfg, run_dir, overrides)
     with hold_run_dir(run_dir, cfg.trainer.lock_stale_after):
         return _train_in(cfg, run_dir, overrides)
 
@@ -112,6 +116,9 @@ def load_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict] | Non
 def main(cfg: DictConfig) -> float:
     try:
         if cfg.pipeline:
+            if distributed.world_size() > 1:
+                raise ConfigError(f"pipeline={cfg.pipeline.name}: a pipeline runs in one process; start it without "
+                                  "torchrun, or train its stages one by one (stage=...) under torchrun")
             return run_pipeline(cfg)
         return train(cfg)
     except RunInterrupted as stop:
@@ -125,5 +132,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.argv = allow_stage_overrides(sys.argv)
+    # Under torchrun the processes join before Hydra picks the run directory, which rank 0 chooses for all.
+    distributed.init_from_env()
+    sys.argv = allow_stage_overrides(sys.argv) + distributed.hydra_overrides()
     main()

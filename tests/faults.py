@@ -45,3 +45,18 @@ class SlowLoss(ReidLoss):
     def forward(self, output, labels):
         time.sleep(self.sleep_seconds)
         return super().forward(output, labels)
+
+
+class RecordingLoss(ReidLoss):
+    """Appends every step's total loss, at full precision, to `record_to` + `.rank<R>` (R: this process's rank)."""
+
+    def __init__(self, record_to: str = "losses", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.record_to = record_to
+
+    def forward(self, output, labels):
+        losses = super().forward(output, labels)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        with open(f"{self.record_to}.rank{rank}", "a") as stream:
+            stream.write(f"{float(losses['total'].detach())!r}\n")
+        return losses

@@ -30,7 +30,9 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def build_loaders(splits: ReidSplits, data: DictConfig, seed: int) -> Loaders:
+def build_loaders(splits: ReidSplits, data: DictConfig, seed: int, num_replicas: int = 1, rank: int = 0) -> Loaders:
+    """The loaders of one process; with `num_replicas` processes, the train loader yields this `rank`'s slice of
+    every global `data.p x data.k` batch (see PKSampler)."""
     train_transform, test_transform = build_transforms(
         data.height,
         data.width,
@@ -39,11 +41,12 @@ def build_loaders(splits: ReidSplits, data: DictConfig, seed: int) -> Loaders:
         pad=data.pad,
         random_erasing_prob=data.random_erasing_prob,
     )
-    sampler = PKSampler([record.pid for record in splits.train], p=data.p, k=data.k, seed=seed)
+    sampler = PKSampler([record.pid for record in splits.train], p=data.p, k=data.k, seed=seed,
+                        num_replicas=num_replicas, rank=rank)
     workers = data.num_workers
     train = DataLoader(
         ImageDataset(splits.train, train_transform),
-        batch_size=data.p * data.k,
+        batch_size=sampler.rank_batch_size,
         sampler=sampler,
         drop_last=True,
         num_workers=workers,

@@ -26,17 +26,35 @@ class PKSampler(Sampler[int]):
     Randomness comes only from ``numpy.random.default_rng([seed, epoch])``: call
     :meth:`set_epoch` before every epoch (iterating does not advance it), and save
     :meth:`state_dict` with the checkpoint to resume the same sequence.
+
+    ``p * k`` is the *global* batch. With ``num_replicas`` processes, every one draws
+    the same global sequence and yields the ``rank``-th of ``num_replicas`` equal
+    slices of each batch (use ``batch_size=p * k // num_replicas``): the ranks see
+    distinct images, together exactly the batches of one process, and the state (and
+    so a checkpoint) does not depend on the number of processes.
     """
 
-    def __init__(self, pids: Sequence[int], p: int, k: int, seed: int = 0) -> None:
+    def __init__(self, pids: Sequence[int], p: int, k: int, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0) -> None:
         if int(p) < 1 or int(k) < 1:
             raise ValueError(f"PKSampler: p={p!r}, k={k!r}: expected both to be integers >= 1")
         if int(seed) < 0:
             raise ValueError(f"PKSampler: seed={seed!r} is invalid: expected an integer >= 0")
+        if not 0 <= int(rank) < int(num_replicas):
+            raise ValueError(f"PKSampler: rank={rank!r}, num_replicas={num_replicas!r}: expected 0 <= rank < "
+                             "num_replicas")
+        if (int(p) * int(k)) % int(num_replicas):
+            raise ConfigError(
+                f"data.p={p} x data.k={k} = {int(p) * int(k)} images per batch cannot be split evenly over "
+                f"{num_replicas} processes; the batch is global, so choose p x k divisible by the process count"
+            )
         self.p = int(p)
         self.k = int(k)
         self.seed = int(seed)
         self.epoch = 0
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.rank_batch_size = self.p * self.k // self.num_replicas
         groups: dict[int, list[int]] = {}
         for index, pid in enumerate(pids):
             groups.setdefault(int(pid), []).append(index)
@@ -56,7 +74,7 @@ class PKSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self._num_batches * self.p * self.k
+        return self._num_batches * self.rank_batch_size
 
     def _chunks(self, rng: np.random.Generator, group: np.ndarray) -> list[np.ndarray]:
         if len(group) < self.k:
@@ -99,7 +117,9 @@ class PKSampler(Sampler[int]):
         return np.concatenate(batches)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._epoch_indices().tolist())
+        batches = self._epoch_indices().reshape(self._num_batches, self.p * self.k)
+        start = self.rank * self.rank_batch_size
+        return iter(batches[:, start:start + self.rank_batch_size].reshape(-1).tolist())
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-int state (JSON/torch.save friendly) needed to reproduce the sequence."""
@@ -108,7 +128,7 @@ class PKSampler(Sampler[int]):
             "epoch": self.epoch,
             "p": self.p,
             "k": self.k,
-            "num_indices": len(self),
+            "num_indices": self._num_batches * self.p * self.k,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -118,7 +138,7 @@ class PKSampler(Sampler[int]):
             raise ValueError(
                 f"PKSampler.load_state_dict: state lacks keys {missing}: expected {sorted(self.state_dict())}"
             )
-        for key, value in (("p", self.p), ("k", self.k), ("num_indices", len(self))):
+        for key, value in (("p", self.p), ("k", self.k), ("num_indices", self._num_batches * self.p * self.k)):
             if key in state and int(state[key]) != value:
                 raise ValueError(
                     f"PKSampler.load_state_dict: saved {key}={state[key]} but this sampler has "

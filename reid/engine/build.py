@@ -15,7 +15,9 @@ from hydra_plugins.reid_optuna_sweeper import current_link, current_trial
 from reid.config import as_plain_dict
 from reid.data.loaders import Loaders, build_loaders
 from reid.data.records import ReidSplits
+from reid.engine import distributed
 from reid.engine.evaluator import Evaluator, valid_monitors
+from reid.engine.hooks import Hook
 from reid.engine.record import RunRecord, RunRecordHook
 from reid.engine.stages import StageStart, UnfreezeAfter, stage_max_epochs
 from reid.engine.standard_hooks import CheckpointSaver, EarlyStopping, ProgressLogger
@@ -27,12 +29,13 @@ from reid.sweep.pruning import TrialPruningHook
 log = logging.getLogger("reid")
 
 def resolve_device(name: str) -> torch.device:
+    """The device `trainer.device` names; each of several processes gets its own GPU (cuda:LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.place(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name!r} but CUDA is not available here; use trainer.device=auto or cpu")
-    return device
+    return distributed.place(device)
 
 
 def dataset_info(splits: ReidSplits) -> dict[str, Any]:
@@ -84,8 +87,12 @@ def build_experiment(cfg: DictConfig) -> Experiment:
                  cfg.trainer.limit_eval_queries, cfg.trainer.limit_eval_gallery)
     log.info("%s", splits.summary())
     check_monitor(cfg.trainer.monitor, splits)
-    loaders = build_loaders(splits, cfg.data, seed=cfg.trainer.seed)
+    loaders = build_loaders(splits, cfg.data, seed=cfg.trainer.seed, num_replicas=distributed.world_size(),
+                            rank=distributed.rank())
     model = build_model(cfg.backbone, cfg.head, num_classes=splits.num_classes)
+    if cfg.trainer.sync_bn:
+        # The same parameters and buffers, so the state dict (and every checkpoint) keeps its keys.
+        distributed.convert_sync_batchnorm(model)
     model.set_freeze_level(cfg.stage.freeze_level)
     model.to(device)
     log.info("model %s + %s on %s; %s", model.architecture["backbone"], model.architecture["head"].rsplit(".", 1)[-1],
@@ -111,16 +118,21 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
     evaluator = Evaluator(experiment.loaders.test, experiment.loaders.num_query, experiment.device,
                           amp=cfg.trainer.amp, distance=cfg.data.distance,
                           classification=experiment.splits.closed_set)
-    hooks = [
-        ProgressLogger(cfg.trainer.log_every),
-        EarlyStopping(cfg.trainer.patience),
-        CheckpointSaver(run_dir, config),
-        RunRecordHook(record),
-    ]
-    trial = current_trial()
-    if trial is not None:
-        hooks.insert(-1, TrialPruningHook(trial))
-        record.info["sweep_trial"] = asdict(current_link())
+    record.info["processes"] = distributed.world_size()
+    # Rank 0 logs, writes and decides (early stopping, pruning; the loop broadcasts its decisions); every rank
+    # runs the hooks that change what it trains.
+    hooks: list[Hook] = []
+    if distributed.is_main():
+        hooks = [
+            ProgressLogger(cfg.trainer.log_every),
+            EarlyStopping(cfg.trainer.patience),
+            CheckpointSaver(run_dir, config),
+            RunRecordHook(record),
+        ]
+        trial = current_trial()
+        if trial is not None:
+            hooks.insert(-1, TrialPruningHook(trial))
+            record.info["sweep_trial"] = asdict(current_link())
     if cfg.trainer.transfer_epochs:
         hooks.insert(0, UnfreezeAfter(cfg.trainer.transfer_epochs, start.initial_epoch, cfg.trainer.unfreeze_lr_factor))
     trainer = Trainer(
@@ -129,7 +141,8 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         experiment.optimizer,
         experiment.scheduler,
         experiment.loaders.train,
-        evaluator,
+        # Rank 0 evaluates the whole query and gallery; every rank gets its figures.
+        lambda model: distributed.on_main(lambda: evaluator(model)),
         hooks,
         max_epochs=max_epochs,
         eval_every=cfg.trainer.eval_every,

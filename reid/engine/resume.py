@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from reid.checkpoint import LAST_CHECKPOINT
 from reid.config import ReidConfig, flatten_config
+from reid.engine import distributed
 from reid.engine.record import read_model_info
 from reid.engine.run_lock import acquire
 from reid.errors import ConfigError
@@ -87,9 +88,13 @@ def run_dir_resolver(resume: str | None, experiment_name: str, stage_name: str, 
     Claimed until the process exits (train() and pipelines also hold it while they run), so a second process
     resuming the same run, or rerunning the same pipeline command, refuses with RunDirLocked and touches nothing.
     """
-    run_dir = choose_run_dir(resume, experiment_name, stage_name, pipeline_name, [str(o) for o in overrides])
-    acquire(run_dir, lock_stale_after)
-    return str(run_dir)
+    def claim() -> Path:
+        run_dir = choose_run_dir(resume, experiment_name, stage_name, pipeline_name, [str(o) for o in overrides])
+        acquire(run_dir, lock_stale_after)
+        return run_dir
+
+    # Under torchrun rank 0 chooses (its clock names a new run) and owns the directory; the other ranks share it.
+    return str(distributed.on_main(claim))
 
 
 def schema_defaults() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reid.engine import distributed
 from reid.engine.hooks import EpochResult, Hook, HookList, StepInfo
 from reid.engine.stopping import RunInterrupted, StopReason, TrainingDiverged, reason_for_exception
 from reid.utils.seed import capture_rng_state, restore_rng_state, seed_everything
@@ -96,6 +98,14 @@ class Trainer:
         self.state = TrainState(monitor=monitor)
         self.progress: EpochProgress | None = None
         self.stop_signal: int | None = None
+        # What the training step calls: the model itself, or its DDP wrapper (made on first use, see `replica`).
+        self._replica: nn.Module | None = None
+
+    @property
+    def replica(self) -> nn.Module:
+        if self._replica is None:
+            self._replica = distributed.replicate(self.model)
+        return self._replica
 
     @property
     def batch_size(self) -> int:
@@ -114,6 +124,9 @@ class Trainer:
                 state.epoch = epoch
                 state.history.append(result.row())
                 self.hooks.after_epoch(self, result)
+                # Rank 0's hooks decide (early stopping, pruning); every rank stops after the same epoch.
+                state.stop = distributed.broadcast_from_main(state.stop)
+                self._agree_on_signal()
                 if self.stop_signal is not None:
                     raise RunInterrupted(self.stop_signal)
                 if state.stop is not None:
@@ -131,8 +144,9 @@ class Trainer:
 
     def run_epoch(self, epoch: int) -> EpochResult:
         # Every epoch's randomness (sampling, augmentation) derives from (seed, epoch) alone, so a resumed
-        # run replays exactly the epochs an uninterrupted one would.
-        seed_everything(self.seed * 100_003 + epoch)
+        # run replays exactly the epochs an uninterrupted one would; each of several processes augments its own
+        # images with its own draws (a single process keeps the seeds it always had).
+        seed_everything((self.seed * 100_003 + epoch) * distributed.world_size() + distributed.rank())
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -155,10 +169,11 @@ class Trainer:
             for key, value in losses.items():
                 progress.sums[key] = progress.sums.get(key, 0.0) + value
             progress.correct += batch_correct
-            progress.seen += len(pids)
+            progress.seen += len(pids) * distributed.world_size()
             progress.step = step
             progress.elapsed = time.perf_counter() - started
             self.hooks.after_step(self, StepInfo(epoch, step, steps, losses))
+            self._agree_on_signal()
             if self.stop_signal is not None:
                 raise RunInterrupted(self.stop_signal)
         self.scheduler.step()
@@ -179,10 +194,16 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, pids: torch.Tensor, epoch: int,
                    step: int) -> tuple[dict[str, float], int]:
+        """One optimizer step on the global batch; returns its loss figures and correct count (of all ranks)."""
         images = images.to(self.device, non_blocking=True)
         pids = pids.to(self.device, non_blocking=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            output = self.model(images, pids)
+            output = self.replica(images, pids)
+            # Every rank computes the loss of the whole global batch (batch-hard mining sees all of it); the
+            # gather's backward and DDP's average then give exactly that loss's gradient.
+            output = dataclasses.replace(output, **{field.name: distributed.all_gather(getattr(output, field.name))
+                                                    for field in dataclasses.fields(output)})
+            pids = distributed.all_gather(pids)
             losses = self.criterion(output, pids)
         total = losses["total"]
         # One device sync per step: the loss parts and the correct count come back together.
@@ -213,6 +234,7 @@ class Trainer:
         """Make every parameter trainable; the newly trainable ones join the optimizer at `lr_factor` × its LR."""
         known = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         self.model.set_freeze_level(0)
+        self._replica = None  # DDP fixed its set of trained parameters when it was made
         new = [p for p in self.model.trainable_parameters() if id(p) not in known]
         if not new:
             return
@@ -222,6 +244,9 @@ class Trainer:
         # The LR schedule drives the new group with the same factor as the first one.
         self.scheduler.base_lrs.append(base_lr)
         self.scheduler.lr_lambdas.append(self.scheduler.lr_lambdas[0])
+
+    def _agree_on_signal(self) -> None:
+        self.stop_signal = distributed.first_signal(self.stop_signal)
 
     def request_stop(self, signum: int, frame: Any = None) -> None:
         """Signal handler: the first signal stops after the current step; a second one exits at once."""
@@ -277,6 +302,7 @@ class Trainer:
         if checkpoint["unfrozen_lr_factor"] is not None and len(self.optimizer.param_groups) == 1:
             self.unfreeze_all(checkpoint["unfrozen_lr_factor"])  # the run had passed transfer_epochs
         self.model.set_freeze_level(checkpoint["freeze_level"])
+        self._replica = None
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])

@@ -90,3 +90,24 @@ def test_errors() -> None:
         PKSampler(PIDS, p=2, k=0)
     with pytest.raises(ValueError, match="epoch=-1"):
         PKSampler(PIDS, p=2, k=2).set_epoch(-1)
+
+
+def test_ranks_take_equal_slices_of_the_global_batches() -> None:
+    whole = _batches(PKSampler(PIDS, p=3, k=4, seed=2))
+    ranks = [PKSampler(PIDS, p=3, k=4, seed=2, num_replicas=3, rank=r) for r in range(3)]
+    for sampler in ranks:
+        sampler.set_epoch(0)
+        assert len(sampler) == len(whole) * 4 and sampler.rank_batch_size == 4
+    slices = [list(sampler) for sampler in ranks]
+    # Step by step the ranks' slices, in rank order, are the single process's batch.
+    rebuilt = [sum((s[b * 4:(b + 1) * 4] for s in slices), []) for b in range(len(whole))]
+    assert rebuilt == whole
+    # The saved state does not depend on the number of processes: a checkpoint resumes under any count.
+    single = PKSampler(PIDS, p=3, k=4, seed=0)
+    single.load_state_dict(ranks[1].state_dict())
+    assert single.seed == 2
+
+
+def test_a_global_batch_that_does_not_split_evenly_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"data.p=3 x data.k=3 = 9 images per batch cannot be split evenly over 2"):
+        PKSampler(PIDS, p=3, k=3, num_replicas=2, rank=0)
