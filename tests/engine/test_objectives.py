@@ -105,3 +105,11 @@ def test_a_pipeline_returns_its_final_stage_objectives(compose_config, tmp_path)
     assert Pipeline(cfg, tmp_path, []).run() == (0.4, 11.2)
     state = json.loads((tmp_path / "PIPELINE.json").read_text())
     assert state["best_value"] == 0.4 and state["objectives"] == {"mAP": 0.4, "params_m": 11.2}
+
+
+@pytest.mark.parametrize("override", ["trainer.latency_repeats=0", "trainer.latency_warmup=-1"])
+def test_latency_settings_are_checked_with_the_config(compose_config, override):
+    from reid.config import validate_targets
+
+    with pytest.raises(ConfigError, match="expected warm-up >= 0 and repeats >= 1"):
+        validate_targets(compose_config(override))
