@@ -49,6 +49,9 @@ class TrainerConfig:
     debug_stage_epochs: Optional[int] = None
     lock_stale_after: float = 3600.0
     sync_bn: bool = False
+    objectives: Optional[List[str]] = None
+    latency_warmup: int = 5
+    latency_repeats: int = 20
 
 
 @dataclass
@@ -206,6 +209,9 @@ def validate_targets(cfg: DictConfig, provided: dict[str, tuple[str, ...]] = PRO
     for name in ("limit_train_batches", "limit_eval_queries", "limit_eval_gallery", "debug_stage_epochs"):
         if cfg.trainer[name] is not None and cfg.trainer[name] < 1:
             raise ConfigError(f"trainer.{name}={cfg.trainer[name]}: expected an integer >= 1, or null for no limit")
+    if cfg.trainer.latency_warmup < 0 or cfg.trainer.latency_repeats < 1:
+        raise ConfigError(f"trainer.latency_warmup={cfg.trainer.latency_warmup}, trainer.latency_repeats="
+                          f"{cfg.trainer.latency_repeats}: expected warm-up >= 0 and repeats >= 1")
     for name in ("p", "k", "height", "width", "test_batch_size"):
         if cfg.data[name] < 1:
             raise ConfigError(f"data.{name}={cfg.data[name]}: expected an integer >= 1")

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from reid.checkpoint import LAST_CHECKPOINT, atomic_write_text
 from reid.config import flatten_config
+from reid.engine.objectives import objective_tuple
 from reid.engine.record import read_model_info
 from reid.engine.resume import PIPELINE_STATE
 from reid.engine.run_lock import hold_run_dir
@@ -107,20 +108,21 @@ class Pipeline:
     def stage_dir(self, index: int, stage: str) -> Path:
         return self.dir / f"{index}_{stage}"
 
-    def run(self) -> float:
-        """Run or resume every stage; returns the final stage's best monitored metric (trainer.monitor)."""
+    def run(self) -> float | tuple[float, ...]:
+        """Run or resume every stage; returns what the final stage's train() returns: its best monitored metric
+        (trainer.monitor), or its trainer.objectives."""
         from reid.train import train
 
         self._save()
         previous: Path | None = None
-        value = float("nan")
+        value: float | tuple[float, ...] = float("nan")
         for index, stage in enumerate(self.stages, start=1):
             stage_dir = self.stage_dir(index, stage)
             overrides = stage_overrides(self.cfg, self.base, stage, previous)
             if _status(stage_dir) == "finished":
                 log.info("pipeline %s: stage %d/%d %s already finished, skipping", self.name, index, len(self.stages),
                          stage)
-                value = self._record_result(stage, stage_dir)["best_value"]
+                value = self._recorded_value(self._record_result(stage, stage_dir))
                 previous = stage_dir
                 continue
             if (stage_dir / LAST_CHECKPOINT).is_file():
@@ -148,8 +150,11 @@ class Pipeline:
             self._save()
             previous = stage_dir
         final = self.state["results"][self.stages[-1]]
-        self.state.update(status="finished", ended=_now(), monitor=final["monitor"], best_value=value,
+        self.state.update(status="finished", ended=_now(), monitor=final["monitor"],
+                          best_value=value if self.cfg.trainer.objectives is None else final["best_value"],
                           best_map=final["best_map"])
+        if "objectives" in final:
+            self.state["objectives"] = final["objectives"]
         self._save()
         return value
 
@@ -162,8 +167,15 @@ class Pipeline:
                   "best_map": info["best_map"],
                   "best_epoch": info["best_epoch"], "epochs_trained": info["epochs_trained"],
                   "stopping_reason": info["stopping_reason"]["message"]}
+        if "objectives" in info:
+            result["objectives"] = info["objectives"]["values"]
         self.state["results"][stage] = result
         return result
+
+    def _recorded_value(self, result: dict[str, Any]) -> float | tuple[float, ...]:
+        """What a finished stage returned, read back from its record (train()'s return value)."""
+        names = self.cfg.trainer.objectives
+        return result["best_value"] if names is None else objective_tuple(result.get("objectives"), names)
 
     def summary(self) -> str:
         lines = [f"Pipeline {self.name}: {' -> '.join(self.stages)}", f"Status: {self.state['status']}",
@@ -184,7 +196,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def run_pipeline(cfg: DictConfig) -> float:
+def run_pipeline(cfg: DictConfig) -> float | tuple[float, ...]:
     """Run the pipeline in the Hydra job's directory, which this process owns meanwhile (each stage's too)."""
     hydra_cfg = HydraConfig.get()
     pipeline_dir = Path(hydra_cfg.runtime.output_dir)

@@ -1,7 +1,8 @@
 """The training entrypoint: `python -m reid.train [group=option ...] [key=value ...]`.
 
 Returns the run's best value of `trainer.monitor` (mAP by default) so a Hydra sweeper can optimize it; a
-diverged run returns -1.0, which ranks last, never NaN.
+diverged run returns -1.0, which ranks last, never NaN. With `trainer.objectives` it returns their values (a
+tuple for several, for a multi-objective sweep; reid.engine.objectives); a diverged run's are NaN, a failed trial.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -21,6 +23,7 @@ from reid.cli import exit_on_user_error
 from reid.config import as_plain_dict, register_configs, validate_targets
 from reid.engine import distributed
 from reid.engine.build import build_experiment, build_trainer
+from reid.engine.objectives import objective_tuple
 from reid.engine.resume import check_resume_config, resolve_resume_dir
 from reid.engine.run_lock import hold_run_dir
 from reid.engine.stages import resolve_stage_start
@@ -40,9 +43,14 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 register_configs()
 
 
-def score(state: TrainState) -> float:
+def score(state: TrainState, objectives: Sequence[str] | None = None) -> float | tuple[float, ...]:
     """The value a sweeper optimizes: the best monitored metric, or a value below any of them (all lie in [0, 1])
-    for a diverged or unscored run."""
+    for a diverged or unscored run. With `objectives` (trainer.objectives): their values in that order, NaN for
+    each one the run did not produce (diverged, unscored), which the sweeper records as a FAIL; a single objective
+    comes as a plain number, the form a single-direction sweep expects."""
+    if objectives is not None:
+        values = objective_tuple(state.objectives, objectives)
+        return values[0] if len(values) == 1 else values
     if state.stop is not None and state.stop.kind == DIVERGED:
         return DIVERGED_SCORE
     if state.best_value is None or not math.isfinite(state.best_value):
@@ -50,8 +58,10 @@ def score(state: TrainState) -> float:
     return float(state.best_value)
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str] | None = None) -> float:
-    """Build everything from `cfg`, train, write the run record into `run_dir`, return the score.
+def train(cfg: DictConfig, run_dir: str | Path | None = None,
+          overrides: list[str] | None = None) -> float | tuple[float, ...]:
+    """Build everything from `cfg`, train, write the run record into `run_dir`, return the score (with
+    trainer.objectives: their values, a tuple for several).
 
     `overrides` are the command-line overrides recorded for the run (default: the Hydra job's). The process owns
     `run_dir` while it trains: another one training there makes this refuse with RunDirLocked. Under torchrun,
@@ -71,7 +81,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[st
         return _train_in(cfg, run_dir, overrides)
 
 
-def _train_in(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
+def _train_in(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | tuple[float, ...]:
     validate_targets(cfg)
     configure_determinism(cfg.trainer.deterministic)
     seed_everything(cfg.trainer.seed)
@@ -95,7 +105,7 @@ def _train_in(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
         state = trainer.fit()
     finally:
         restore_signal_handlers()
-    return score(state)
+    return score(state, cfg.trainer.objectives)
 
 
 def load_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict] | None:
@@ -113,7 +123,7 @@ def load_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict] | Non
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
     try:
         if cfg.pipeline:
             if distributed.world_size() > 1:

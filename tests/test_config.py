@@ -113,3 +113,12 @@ def test_code_provided_arguments_cannot_be_configured(compose_config):
 def test_key_errors_are_omegaconf_errors():
     # Guard: the composition errors above come from OmegaConf's struct/type checks.
     assert issubclass(ConfigKeyError, Exception) and issubclass(ValidationError, Exception)
+
+
+def test_input_size_sets_height_and_width_and_wins_over_the_experiment(compose_config):
+    assert options("input_size") == ["128x64", "192x96", "256x128", "384x192"]
+    for option in options("input_size"):
+        cfg = compose_config("experiment=smoke", f"input_size={option}")
+        assert f"{cfg.data.height}x{cfg.data.width}" == option
+    shrunk = compose_config("input_size=384x192", "debug=smoke")
+    assert (shrunk.data.height, shrunk.data.width) == (64, 32)

@@ -110,6 +110,7 @@ def test_train_returns_the_best_map(compose_config, tmp_path):
     info = json.loads((tmp_path / "model_info.json").read_text())
     assert isinstance(value, float) and not math.isnan(value)
     assert value == pytest.approx(info["best_map"])
+    assert "objectives" not in info  # trainer.objectives=null: the single value, and a record as before
 
 
 def test_bad_override_fails_before_training_naming_choices(tmp_path, data_dir):

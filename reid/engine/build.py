@@ -18,6 +18,7 @@ from reid.data.records import ReidSplits
 from reid.engine import distributed
 from reid.engine.evaluator import Evaluator, valid_monitors
 from reid.engine.hooks import Hook
+from reid.engine.objectives import LatencySettings, ObjectivesHook, check_objectives, objectives_record
 from reid.engine.record import RunRecord, RunRecordHook
 from reid.engine.stages import StageStart, UnfreezeAfter, stage_max_epochs
 from reid.engine.standard_hooks import CheckpointSaver, EarlyStopping, ProgressLogger
@@ -87,6 +88,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
                  cfg.trainer.limit_eval_queries, cfg.trainer.limit_eval_gallery)
     log.info("%s", splits.summary())
     check_monitor(cfg.trainer.monitor, splits)
+    check_objectives(cfg.trainer.objectives, splits.closed_set, splits.name)
     loaders = build_loaders(splits, cfg.data, seed=cfg.trainer.seed, num_replicas=distributed.world_size(),
                             rank=distributed.rank())
     model = build_model(cfg.backbone, cfg.head, num_classes=splits.num_classes)
@@ -129,9 +131,18 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
             CheckpointSaver(run_dir, config),
             RunRecordHook(record),
         ]
+        if cfg.trainer.objectives is not None:
+            latency = LatencySettings(device=str(experiment.device), height=cfg.data.height, width=cfg.data.width,
+                                      batch_size=cfg.data.test_batch_size, warmup=cfg.trainer.latency_warmup,
+                                      repeats=cfg.trainer.latency_repeats,
+                                      amp=bool(cfg.trainer.amp) and experiment.device.type == "cuda")
+            hooks.insert(-1, ObjectivesHook(cfg.trainer.objectives, run_dir, latency))
+            record.info["objectives"] = objectives_record(cfg.trainer.objectives, latency)
         trial = current_trial()
         if trial is not None:
-            hooks.insert(-1, TrialPruningHook(trial))
+            # Optuna reports intermediate values (and so prunes) only in single-objective studies.
+            if len(trial.study.directions) == 1:
+                hooks.insert(-1, TrialPruningHook(trial))
             record.info["sweep_trial"] = asdict(current_link())
     if cfg.trainer.transfer_epochs:
         hooks.insert(0, UnfreezeAfter(cfg.trainer.transfer_epochs, start.initial_epoch, cfg.trainer.unfreeze_lr_factor))

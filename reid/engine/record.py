@@ -188,6 +188,8 @@ class RunRecord:
             epochs_trained=state.epoch,
             global_step=state.global_step,
         )
+        if "objectives" in self.info:
+            self.info["objectives"]["values"] = state.objectives
         self.info["timings"].update(
             total_seconds=round(self.previous_seconds + time.time() - self.started, 3),
             mean_epoch_seconds=round(sum(times) / len(times), 3) if times else None,

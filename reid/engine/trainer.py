@@ -36,6 +36,8 @@ class TrainState:
     best_metrics: dict[str, float] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     stop: StopReason | None = None
+    # trainer.objectives of best_model.pth, set after a finished run (reid.engine.objectives); not checkpointed.
+    objectives: dict[str, float] | None = None
 
     @property
     def best_value(self) -> float | None:

@@ -79,6 +79,9 @@ class RunSummary:
     monitor: str = DEFAULT_MONITOR
     # The sweeper's link to the job's trial: model_info.json's `sweep_trial` (older records: the config's).
     sweep_link: dict[str, Any] | None = None
+    # trainer.objectives of a finished run, in their order: values and "maximize"/"minimize" by name.
+    objectives: dict[str, float] = field(default_factory=dict)
+    objective_directions: dict[str, str] = field(default_factory=dict)
 
     @property
     def in_progress(self) -> bool:
@@ -264,6 +267,7 @@ def summarize_model_info(info: Any, label: str, path: Path | None, where: str) -
     if still_improving is not None and not isinstance(still_improving, bool):
         raise _Invalid(f"{where}: still_improving={still_improving!r} is not true/false")
     variant = info.get("variant")
+    objectives, directions = _objectives(info.get("objectives"), where)
     monitor = info.get("monitor", DEFAULT_MONITOR)
     if not isinstance(monitor, str) or not monitor:
         notes.append(f"monitor={monitor!r} is not a metric name; treated as {DEFAULT_MONITOR!r}")
@@ -287,7 +291,32 @@ def summarize_model_info(info: Any, label: str, path: Path | None, where: str) -
         notes=notes,
         monitor=monitor,
         sweep_link=info.get("sweep_trial") if isinstance(info.get("sweep_trial"), dict) else None,
+        objectives=objectives,
+        objective_directions=directions,
     )
+
+
+def _objectives(record: Any, where: str) -> tuple[dict[str, float], dict[str, str]]:
+    """The run record's `objectives` (names, directions, values) as values and directions by name; empty for a
+    run without them or one that did not produce them (not finished)."""
+    if record is None:
+        return {}, {}
+    if not isinstance(record, dict) or not isinstance(record.get("names"), list):
+        raise _Invalid(f"{where}: objectives={record!r} is not an object with a 'names' list")
+    values, directions = record.get("values"), record.get("directions") or {}
+    if values is None:
+        return {}, {}
+    if not isinstance(values, dict) or not isinstance(directions, dict):
+        raise _Invalid(f"{where}: objectives.values and objectives.directions must be objects")
+    parsed: dict[str, float] = {}
+    for name in record["names"]:
+        value = parse_number(values.get(name), f"objectives.values.{name}", where)
+        if directions.get(name) not in ("maximize", "minimize"):
+            raise _Invalid(f"{where}: objectives.directions.{name}={directions.get(name)!r}, expected maximize or "
+                           "minimize")
+        if value is not None:
+            parsed[str(name)] = value
+    return parsed, {str(name): directions[name] for name in record["names"]}
 
 
 def read_run_dir(run_dir: Path, label: str | None = None) -> RunSummary | DamagedRecord:
@@ -440,6 +469,32 @@ def _trial_monitor(attrs: dict[str, Any]) -> str:
     return DEFAULT_MONITOR
 
 
+def _trial_objectives(attrs: dict[str, Any]) -> list[str] | None:
+    """The `trainer.objectives` among a trial's recorded overrides (what its values are), else None."""
+    overrides = attrs.get("overrides") if isinstance(attrs.get("overrides"), list) else []
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        if key.lstrip("+~") == "trainer.objectives" and value.startswith("["):
+            return [name.strip() for name in value.strip("[]").split(",") if name.strip()]
+    return None
+
+
+def attach_trial_objectives(record: RunSummary, trial: Any, directions: list[str]) -> None:
+    """A multi-objective trial known only from the study: its values, named by its trainer.objectives."""
+    if record.objectives or trial.values is None or len(trial.values) < 2:
+        return
+    names = _trial_objectives(trial.user_attrs)
+    if names is None or len(names) != len(trial.values):
+        names = [f"objective_{index}" for index in range(len(trial.values))]
+    record.objectives = {name: float(value) for name, value in zip(names, trial.values)}
+    record.objective_directions = dict(zip(names, directions))
+    figures = {name: value for name, value in record.objectives.items() if name in record.best_metrics}
+    if figures:
+        record.best_metrics.update(figures)
+        record.best_map = record.best_metrics.get("mAP")
+        record.status = "finished"
+
+
 def _summary_from_trial_values(trial: Any, label: str) -> RunSummary:
     """A run known only from the study: its objective value (its best monitored metric, or -1.0 if diverged),
     params and state."""
@@ -522,6 +577,7 @@ def load_study(storage: str, study_name: str | None) -> RunCollection:
         raise SelectionError(f"--study {study_name!r} is not in {storage}; its studies: {', '.join(names) or 'none'}")
     study = optuna.load_study(study_name=study_name, storage=handle)
     collection = RunCollection(sources=[f"Optuna study {study_name!r} in {storage}"])
+    directions = [direction.name.lower() for direction in study.directions]
     for trial in study.get_trials(deepcopy=False):
         if trial.user_attrs.get("stale"):
             continue  # an attempt whose sweep process died; the sweeper enqueued its retry as another trial
@@ -529,6 +585,8 @@ def load_study(storage: str, study_name: str | None) -> RunCollection:
         if isinstance(record, DamagedRecord):
             collection.damaged.append(record)
         else:
+            if trial.state == optuna.trial.TrialState.COMPLETE:
+                attach_trial_objectives(record, trial, directions)
             collection.runs.append(record)
     return collection
 

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from reid.checkpoint import atomic_write, atomic_write_text
+from reid.selection.pareto import PARETO_STEM, ParetoFront, direction_label, pareto_front, render_pareto_plot
 from reid.selection.ranking import METRIC_NAMES, TIE_BREAKS, Ranking, improvement_text, margin_text, why_winner
 from reid.selection.records import RunSummary
 
@@ -82,6 +83,35 @@ def table_rows(ranking: Ranking) -> list[dict[str, str]]:
         }
         for position, run in enumerate(ranking.ranked, start=1)
     ]
+
+
+def _objective_figure(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def pareto_header(front: ParetoFront) -> tuple[str, ...]:
+    return ("run", "variant", *front.names, "backbone", "input size")
+
+
+def pareto_rows(front: ParetoFront, ranking: Ranking) -> list[dict[str, str]]:
+    """The front's runs (best first objective first) with their objectives, backbone and input size."""
+    rows = []
+    for run in front.front:
+        backbone = run.hyperparameters.get("backbone")
+        data = run.hyperparameters.get("data")
+        size = f"{data.get('height')}x{data.get('width')}" if isinstance(data, dict) and "height" in data else "-"
+        rows.append({"run": run.label, "variant": ranking.variant(run),
+                     **{name: _objective_figure(run.objectives[name]) for name in front.names},
+                     "backbone": str(backbone.get("model_name", "-")) if isinstance(backbone, dict) else "-",
+                     "input size": size})
+    return rows
+
+
+def pareto_title(front: ParetoFront) -> str:
+    objectives = " against ".join(direction_label(name, direction)
+                                  for name, direction in zip(front.names, front.directions))
+    return (f"Pareto front: {len(front.front)} of {len(front.candidates)} run(s) that no other run beats in every "
+            f"objective; {objectives}")
 
 
 def deployment_snippet(best_model: Path) -> list[str]:
@@ -172,6 +202,9 @@ def render_text(ranking: Ranking) -> str:
         else:
             lines.append(f"  {NO_MODEL_PATH}")
         lines.append("")
+    front = pareto_front(ranking.ranked)
+    if front is not None:
+        lines += [pareto_title(front), *_fixed_width(pareto_header(front), pareto_rows(front, ranking)), ""]
     excluded = _excluded_rows(ranking)
     if excluded:
         lines += ["Not ranked (failed, pruned, diverged, or no evaluation yet)",
@@ -218,6 +251,11 @@ def render_markdown(ranking: Ranking) -> str:
                       f"`embedding` is a (1, feature_dim) tensor; {_distance_hint(winner)}", ""]
         else:
             lines += [NO_MODEL_PATH, ""]
+    front = pareto_front(ranking.ranked)
+    if front is not None:
+        lines += ["## Pareto front", "", f"{pareto_title(front)}.", "",
+                  *_md_table(pareto_header(front), pareto_rows(front, ranking)), "",
+                  f"![Pareto front]({PARETO_STEM}.png)", ""]
     excluded = _excluded_rows(ranking)
     if excluded:
         lines += ["## Not ranked (failed, pruned, diverged, or no evaluation yet)", "",
@@ -269,6 +307,12 @@ def results_frame(ranking: Ranking) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
     for column in ("rank", "best_epoch", "epochs_trained", "max_epochs", "trial"):
         frame[column] = frame[column].astype("Int64")
+    front = pareto_front(ranking.ranked)
+    if front is not None:
+        runs = ranking.all_runs()
+        frame["pareto_front"] = [front.on_front(run) for run in runs] + [False] * len(ranking.damaged)
+        for name in (name for name in front.names if name not in frame.columns):
+            frame[name] = [run.objectives.get(name) for run in runs] + [None] * len(ranking.damaged)
     return frame
 
 
@@ -321,15 +365,21 @@ def render_plot(ranking: Ranking) -> bytes:
 
 
 def write_reports(ranking: Ranking, out_dir: Path) -> dict[str, Path]:
-    """Render all four files, then replace each atomically; returns their paths by suffix."""
+    """Render all four files (and PARETO_FRONT.png for runs with several objectives), then replace each atomically;
+    returns their paths by suffix (`pareto_png` for the front's plot)."""
     out_dir = Path(out_dir)
     text = render_text(ranking)
     markdown = render_markdown(ranking)
     csv_text = results_frame(ranking).to_csv(index=False, lineterminator="\n")
     png = render_plot(ranking)
+    front = pareto_front(ranking.ranked)
+    pareto_png = render_pareto_plot(front) if front is not None else None
     paths = {suffix: out_dir / f"{REPORT_STEM}.{suffix}" for suffix in ("txt", "md", "csv", "png")}
     atomic_write_text(paths["txt"], text)
     atomic_write_text(paths["md"], markdown)
     atomic_write_text(paths["csv"], csv_text)
     atomic_write(paths["png"], lambda handle: handle.write(png))
+    if pareto_png is not None:
+        paths["pareto_png"] = out_dir / f"{PARETO_STEM}.png"
+        atomic_write(paths["pareto_png"], lambda handle: handle.write(pareto_png))
     return paths
