@@ -24,10 +24,10 @@ from reid.config import as_plain_dict, register_configs, validate_targets
 from reid.engine import distributed
 from reid.engine.build import build_experiment, build_trainer
 from reid.engine.objectives import objective_tuple
-from reid.engine.resume import check_resume_config, resolve_resume_dir
+from reid.engine.resume import check_resume_config, interrupted_run, resolve_resume_dir
 from reid.engine.run_lock import hold_run_dir
 from reid.engine.stages import resolve_stage_start
-from reid.engine.stopping import DIVERGED, DIVERGED_SCORE, RunInterrupted
+from reid.engine.stopping import DIVERGED, DIVERGED_SCORE, RunInterrupted, pass_on_signal
 from reid.engine.trainer import TrainState
 from reid.errors import ConfigError
 from reid.pipeline import allow_stage_overrides, run_pipeline
@@ -109,16 +109,30 @@ def _train_in(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | t
 
 
 def load_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict] | None:
-    """With trainer.resume set: the run's last checkpoint and the config changes the user accepted."""
-    if not cfg.trainer.resume:
-        return None
-    resume_dir = resolve_resume_dir(cfg.trainer.resume, cfg.experiment_name)
-    if resume_dir != run_dir.resolve():
-        raise ConfigError(f"trainer.resume={cfg.trainer.resume} resolves to {resume_dir}, but this run writes to "
-                          f"{run_dir}; a resumed run continues in its own directory")
+    """The checkpoint to continue from and the config changes the user accepted: trainer.resume's run, or without
+    it the interrupted run `run_dir` already holds (a requeued sweep trial's job: `interrupted_run`)."""
+    if cfg.trainer.resume:
+        resume_dir = resolve_resume_dir(cfg.trainer.resume, cfg.experiment_name)
+        if resume_dir != run_dir.resolve():
+            raise ConfigError(f"trainer.resume={cfg.trainer.resume} resolves to {resume_dir}, but this run writes "
+                              f"to {run_dir}; a resumed run continues in its own directory")
+    else:
+        resume_dir = interrupted_run(run_dir)
+        if resume_dir is None:
+            return None
     checkpoint = load_training_checkpoint(resume_dir / LAST_CHECKPOINT)
-    changes = check_resume_config(checkpoint["config"], as_plain_dict(cfg), cfg.trainer.resume_allow_changes,
-                                  resume_dir)
+    try:
+        changes = check_resume_config(checkpoint["config"], as_plain_dict(cfg), cfg.trainer.resume_allow_changes,
+                                      resume_dir)
+    except ConfigError as exc:
+        if cfg.trainer.resume:
+            raise
+        raise ConfigError(f"{exc} This directory already holds that run; give a new run a directory of its own "
+                          "(hydra.run.dir, or hydra.sweep.dir for a sweep)") from None
+    if not cfg.trainer.resume:
+        progress = checkpoint.get("epoch_progress") or {}
+        log.info("continuing the interrupted run in %s from epoch %d step %d", resume_dir, checkpoint["epoch"] + 1,
+                 progress.get("step", 0))
     return checkpoint, changes
 
 
@@ -132,7 +146,10 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
             return run_pipeline(cfg)
         return train(cfg)
     except RunInterrupted as stop:
-        # Non-zero like any interrupted program (130 for Ctrl+C, 143 for SIGTERM); the record says how to resume.
+        # The checkpoint is saved: a job runner's own handler gets the signal now (submitit requeues the job on
+        # SIGUSR2, into the same directory, where the run continues). Otherwise exit non-zero like any interrupted
+        # program (130 for Ctrl+C, 143 for SIGTERM, 140 for SIGUSR2); the record says how to resume.
+        pass_on_signal(stop.signum)
         raise SystemExit(128 + stop.signum) from None
     except Exception as exc:
         # A single run ends on the user's mistake with its message; in a sweep the sweeper records the failure.

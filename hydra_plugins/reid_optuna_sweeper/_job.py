@@ -48,12 +48,21 @@ def current_trial() -> optuna.Trial | None:
     """The running job's `optuna.Trial` (None outside a sweep), to `report(value, step)` and ask `should_prune()`.
 
     The trial is opened once per job from the study's storage, with the pruner the sweep was configured with;
-    raise `optuna.TrialPruned` from the task to end the trial PRUNED.
+    raise `optuna.TrialPruned` from the task to end the trial PRUNED. A job that is started again (a requeue after
+    preemption) reopens the same trial, which stays RUNNING meanwhile; one whose trial has finished meanwhile
+    (failed as abandoned, and retried as another trial) is refused, as nothing it computed could be reported.
     """
     link = current_link()
     if link is None:
         return None
     if link not in _opened:
+        trial = open_trial(link.storage, link.study_name, link.trial_number)
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == link.trial_number)
+        if frozen.state.is_finished():
+            reason = frozen.user_attrs.get("fail_reason")
+            raise SweepConfigError(f"trial {link.trial_number} of study {link.study_name!r} (the job's trial link) is "
+                                   f"already {frozen.state.name}{f' ({reason})' if reason else ''}; this job has no "
+                                   "trial to report to")
         _opened.clear()
-        _opened[link] = open_trial(link.storage, link.study_name, link.trial_number)
+        _opened[link] = trial
     return _opened[link]

@@ -14,6 +14,7 @@ from reid.config import ReidConfig, flatten_config
 from reid.engine import distributed
 from reid.engine.record import read_model_info
 from reid.engine.run_lock import acquire
+from reid.engine.stopping import PRUNED
 from reid.errors import ConfigError
 
 OUTPUTS = Path("outputs")
@@ -21,8 +22,33 @@ OUTPUTS = Path("outputs")
 RESUME_KEYS = ("trainer.resume", "trainer.resume_allow_changes", "trainer.lock_stale_after")
 
 
+FINISHED = "finished"
+# Statuses of a run whose result stands (RunRecord.finish): its directory is never trained in again by itself.
+ENDED_STATUSES = (FINISHED, PRUNED)
+
+
 def _finished(run_dir: Path) -> bool:
-    return (read_model_info(run_dir) or {}).get("status") == "finished"
+    return (read_model_info(run_dir) or {}).get("status") == FINISHED
+
+
+def interrupted_run(run_dir: Path) -> Path | None:
+    """The run `run_dir` already holds, to continue without trainer.resume; None for a fresh directory.
+
+    A run directory is reused only when the same job starts again in it: a requeued SLURM/submitit sweep trial
+    (same trial directory), or a rerun into a fixed `hydra.run.dir`. An unfinished run there (killed, stopped by a
+    signal, an error or divergence) is continued from its last checkpoint; one that ended (finished, pruned) is
+    refused, so a result is never trained over.
+    """
+    info = read_model_info(run_dir) or {}
+    status = info.get("status")
+    if status in ENDED_STATUSES:
+        reason = (info.get("stopping_reason") or {}).get("message") or status
+        raise ConfigError(
+            f"{run_dir} already holds a run that ended ({status}: {reason}); reid.train does not train over it. "
+            "Give the new run a directory of its own (hydra.run.dir, or hydra.sweep.dir for a sweep), or continue "
+            f"this one on purpose with trainer.resume={Path(run_dir).resolve()}"
+        )
+    return Path(run_dir).resolve() if (Path(run_dir) / LAST_CHECKPOINT).is_file() else None
 
 
 def find_latest_run(experiment_name: str, outputs: Path = OUTPUTS) -> Path:

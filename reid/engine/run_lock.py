@@ -5,7 +5,10 @@ record of host, pid and start time, created with O_CREAT|O_EXCL (atomic on local
 held with `flock` where the filesystem supports it, which also serialises the decision to take over a stale lock.
 A heartbeat thread refreshes the file's mtime. A lock whose process died on this host is taken over at once; one
 from another host is honoured until its heartbeat is older than `trainer.lock_stale_after`, since the directory
-may be on a shared filesystem. Within one process the lock is re-entrant: the `reid_run_dir` resolver claims
+may be on a shared filesystem, unless it is this job's own from before a requeue: SLURM runs one instance of a
+job at a time and keeps its job id across requeues (counting them in SLURM_RESTART_COUNT), so a lock of the same
+job id and task with a lower restart count belongs to a process SLURM has ended, wherever it ran (a requeue may
+land on another node). Within one process the lock is re-entrant: the `reid_run_dir` resolver claims
 the directory before Hydra writes `.hydra/` and `log.txt` there, then `train()` and pipelines hold it too.
 """
 
@@ -52,19 +55,28 @@ class LockOwner:
     pid: int
     started: str
     token: str
+    # The SLURM job task this process runs as ("<SLURM_JOB_ID>.<SLURM_PROCID>"), and how often SLURM restarted it.
+    slurm_task: str | None = None
+    slurm_restarts: int = 0
 
     @classmethod
     def this_process(cls) -> LockOwner:
         started = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-        return cls(socket.gethostname(), os.getpid(), started, uuid.uuid4().hex)
+        job = os.environ.get("SLURM_JOB_ID")
+        task = f"{job}.{os.environ.get('SLURM_PROCID', '0')}" if job else None
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+        return cls(socket.gethostname(), os.getpid(), started, uuid.uuid4().hex, task,
+                   int(restarts) if restarts.isdigit() else 0)
 
 
 def _read_owner(fd: int) -> LockOwner | None:
     """The record in an open lock file, or None while it is empty (being written) or unreadable."""
     try:
         fields = json.loads(os.pread(fd, 65536, 0))
-        return LockOwner(str(fields["host"]), int(fields["pid"]), str(fields["started"]), str(fields["token"]))
-    except (OSError, ValueError, TypeError, KeyError):
+        task = fields.get("slurm_task")
+        return LockOwner(str(fields["host"]), int(fields["pid"]), str(fields["started"]), str(fields["token"]),
+                         None if task is None else str(task), int(fields.get("slurm_restarts", 0)))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
 
 
@@ -100,6 +112,9 @@ def _takeover_reason(owner: LockOwner | None, age: float, stale_after: float, me
     """Why a lock nobody holds `flock` on may be taken over, or None when its owner must be presumed alive."""
     if owner is None:
         return f"its record is unreadable and {age:.0f} s old" if age > stale_after else None
+    if owner.slurm_task is not None and owner.slurm_task == me.slurm_task and owner.slurm_restarts < me.slurm_restarts:
+        return (f"it is this SLURM job's own (task {owner.slurm_task}, pid {owner.pid} on {owner.host}) from before "
+                f"its requeue (restart {owner.slurm_restarts}; this is restart {me.slurm_restarts})")
     if owner.host == me.host:
         # Our own pid in a lock this process does not hold is a previous process's (pids are reused in containers).
         if owner.pid == me.pid or not process_exists(owner.pid):

@@ -19,6 +19,10 @@ PRUNED = "pruned"
 
 DIVERGED_SCORE = -1.0
 
+# Signals that stop a run after the current step with its checkpoint saved: Ctrl+C, and a scheduler's SIGTERM
+# (preemption) or SIGUSR2 (SLURM's `--signal=USR2@<seconds>` before the time limit, submitit's requeue signal).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; raised from the step so nothing else runs on broken weights."""
@@ -29,7 +33,7 @@ class TrainingDiverged(RuntimeError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """A stop requested by SIGINT (Ctrl+C) or SIGTERM (scheduler preemption), raised between two steps."""
+    """A stop requested by one of STOP_SIGNALS, raised between two steps."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -61,6 +65,9 @@ class StopReason:
     def interrupted(cls, signum: int = signal.SIGINT) -> StopReason:
         if signum == signal.SIGTERM:
             return cls(INTERRUPTED, "terminated by SIGTERM", {"signal": "SIGTERM"})
+        if signum == signal.SIGUSR2:
+            return cls(INTERRUPTED, "stopped by SIGUSR2 (the job scheduler's preemption or time-limit signal)",
+                       {"signal": "SIGUSR2"})
         return cls(INTERRUPTED, "interrupted by the user (Ctrl+C)", {"signal": "SIGINT"})
 
     @classmethod
@@ -104,3 +111,14 @@ def reason_for_exception(exc: BaseException, batch_size: int) -> StopReason:
     if is_out_of_memory(exc):
         return StopReason.out_of_memory(batch_size)
     return StopReason.error(exc)
+
+
+def pass_on_signal(signum: int) -> None:
+    """Deliver a stop signal again, now that the run's checkpoint is saved, to the handler the process had before
+    the run: one a job runner installed (submitit's SIGUSR2 handler requeues the job, and exits) runs now.
+
+    Default, ignoring and Python's own Ctrl+C handlers are left alone; the caller then exits with 128 + signum.
+    """
+    handler = signal.getsignal(signum)
+    if callable(handler) and handler is not signal.default_int_handler:
+        signal.raise_signal(signum)

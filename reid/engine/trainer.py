@@ -17,7 +17,7 @@ from torch import nn
 
 from reid.engine import distributed
 from reid.engine.hooks import EpochResult, Hook, HookList, StepInfo
-from reid.engine.stopping import RunInterrupted, StopReason, TrainingDiverged, reason_for_exception
+from reid.engine.stopping import STOP_SIGNALS, RunInterrupted, StopReason, TrainingDiverged, reason_for_exception
 from reid.utils.seed import capture_rng_state, restore_rng_state, seed_everything
 
 
@@ -258,8 +258,8 @@ class Trainer:
         self.stop_signal = signum
 
     def handle_signals(self) -> Callable[[], None]:
-        """Install SIGINT/SIGTERM handlers for the duration of a run; returns the function that restores them."""
-        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        """Install the STOP_SIGNALS handlers for the duration of a run; returns the function that restores them."""
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in STOP_SIGNALS}
 
         def restore() -> None:
             for sig, handler in previous.items():

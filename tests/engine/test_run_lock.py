@@ -25,10 +25,11 @@ HOST = socket.gethostname()
 FORK = multiprocessing.get_context("fork")
 
 
-def write_lock(directory: Path, host: str, pid: int, age: float = 0.0) -> Path:
+def write_lock(directory: Path, host: str, pid: int, age: float = 0.0, **slurm) -> Path:
     """A lock file as another process would have left it, last refreshed `age` seconds ago."""
     path = directory / LOCK_FILE
-    path.write_text(json.dumps({"host": host, "pid": pid, "started": "2024-01-01T00:00:00+00:00", "token": "t"}))
+    path.write_text(json.dumps({"host": host, "pid": pid, "started": "2024-01-01T00:00:00+00:00", "token": "t",
+                                **slurm}))
     stamp = time.time() - age
     os.utime(path, (stamp, stamp))
     return path
@@ -79,6 +80,24 @@ def test_a_foreign_host_is_honoured_until_its_heartbeat_is_stale(tmp_path, caplo
     assert f"taking over the lock of {tmp_path}: pid 4242 on host elsewhere has not refreshed it for 61 s " \
            "(trainer.lock_stale_after=60)" in caplog.text
     assert not path.exists()
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_lock_from_another_node_at_once(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    path = write_lock(tmp_path, "node7", 4242, age=5, slurm_task="777.0", slurm_restarts=1)
+    with pytest.raises(RunDirLocked, match="in use by pid 4242 on host node7"):  # the same start: alive
+        acquire(tmp_path, 3600)
+    write_lock(tmp_path, "node7", 4242, age=5, slurm_task="778.0", slurm_restarts=0)
+    with pytest.raises(RunDirLocked, match="in use by pid 4242 on host node7"):  # another job: alive
+        acquire(tmp_path, 3600)
+    write_lock(tmp_path, "node7", 4242, age=5, slurm_task="777.0", slurm_restarts=0)
+    with caplog.at_level(logging.WARNING, logger="reid"), hold_run_dir(tmp_path, 3600):
+        record = json.loads(path.read_text())
+        assert (record["pid"], record["slurm_task"], record["slurm_restarts"]) == (os.getpid(), "777.0", 1)
+    assert f"taking over the lock of {tmp_path}: it is this SLURM job's own (task 777.0, pid 4242 on node7) from " \
+           "before its requeue (restart 0; this is restart 1)" in caplog.text
 
 
 def test_the_heartbeat_keeps_a_live_owner_fresh(tmp_path):
