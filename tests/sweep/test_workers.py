@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import socket
 import subprocess
 import sys
@@ -101,20 +102,20 @@ def test_two_workers_split_the_study_with_no_barrier(async_sweep: tuple[Path, su
     assert result.stdout.count("threads=1 ") == 8
 
 
-def test_busy_fractions_count_each_workers_trials_until_the_last_start(
-        async_sweep: tuple[Path, subprocess.CompletedProcess]) -> None:
-    sweep_dir, _ = async_sweep
-    trials = sleeper_trials(sweep_dir / "sleeper.journal")
-    fractions = busy_fractions(trials)
-    assert len(fractions) == 2
-    long = next(t for t in trials if t.user_attrs["variant"] == "long")
-    # The long trial's worker was busy through the whole window (its trial spans every later start).
-    assert fractions[worker_of(long)] == pytest.approx(1.0, abs=0.05)
-    begin, end = (min(t.datetime_start for t in trials).timestamp(), max(t.datetime_start for t in trials).timestamp())
-    other = next(w for w in fractions if w != worker_of(long))
-    busy = sum(min(t.datetime_complete.timestamp(), end) - max(t.datetime_start.timestamp(), begin)
-               for t in trials if worker_of(t) == other)
-    assert fractions[other] == pytest.approx(busy / (end - begin))
+def _ran(number: int, slot: int, start: float, end: float | None) -> optuna.trial.FrozenTrial:
+    """A trial worker `slot` ran from `start` to `end` seconds (None: still running)."""
+    at = [None if t is None else datetime.datetime(2026, 1, 1) + datetime.timedelta(seconds=t) for t in (start, end)]
+    return optuna.trial.FrozenTrial(number=number, state=TrialState.COMPLETE if end else TrialState.RUNNING,
+                                    value=None, values=[0.0] if end else None, datetime_start=at[0],
+                                    datetime_complete=at[1], params={}, distributions={},
+                                    user_attrs={"worker": {"host": "h", "pid": slot, "slot": slot}},
+                                    system_attrs={}, intermediate_values={}, trial_id=number)
+
+
+def test_busy_fractions_count_each_workers_trials_until_the_last_start() -> None:
+    # Worker 0: a long trial, then the last one from 7.5 s; worker 1 idles 1 s twice. The window ends at 7.5 s.
+    trials = [_ran(0, 0, 0, 7), _ran(1, 1, 0, 2), _ran(2, 1, 3, 5), _ran(3, 1, 6, None), _ran(4, 0, 7.5, None)]
+    assert busy_fractions(trials) == {"worker 0 h:0": pytest.approx(7 / 7.5), "worker 1 h:1": pytest.approx(5.5 / 7.5)}
 
 
 def test_submitit_local_runs_the_workers_as_its_jobs(tmp_path: Path) -> None:
