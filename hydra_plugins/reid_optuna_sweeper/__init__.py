@@ -9,5 +9,7 @@ from hydra_plugins.reid_optuna_sweeper._errors import SweepConfigError
 from hydra_plugins.reid_optuna_sweeper._job import TrialLink, current_link, current_trial
 from hydra_plugins.reid_optuna_sweeper._outcome import JobOutcome
 from hydra_plugins.reid_optuna_sweeper._variants import Variant
+from hydra_plugins.reid_optuna_sweeper._workers import busy_fractions
 
-__all__ = ["JobOutcome", "SweepConfigError", "TrialLink", "Variant", "current_link", "current_trial"]
+__all__ = ["JobOutcome", "SweepConfigError", "TrialLink", "Variant", "busy_fractions", "current_link",
+           "current_trial"]

@@ -18,6 +18,7 @@ from hydra.core.utils import JobReturn
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from hydra_plugins.reid_optuna_sweeper._database import DEFAULT_RETRY_S, RETRY_ENV, StorageUnreachable
 from hydra_plugins.reid_optuna_sweeper._errors import SweepConfigError
 from hydra_plugins.reid_optuna_sweeper._job import TrialLink
 from hydra_plugins.reid_optuna_sweeper._liveness import WORKER_ATTR, Heartbeat, fail_stale_trials, this_worker
@@ -50,6 +51,7 @@ class SweepSettings:
     variants: list[Variant]
     heartbeat_interval: float
     grace_period: float
+    storage_retry_s: float = DEFAULT_RETRY_S
     custom_search_space: Callable[[Any, optuna.Trial], None] | None = None
     job_outcome: Callable[[Path], JobOutcome] | None = None
 
@@ -99,9 +101,11 @@ def _dedupe(overrides: list[str]) -> list[str]:
     return list(by_key.values())
 
 
-def link_overrides(link: TrialLink) -> list[str]:
-    """Hydra overrides that hand the job its trial link as environment variables (no key in the app's config)."""
-    return [f"++hydra.job.env_set.{name}='{value}'" for name, value in link.env().items()]
+def link_overrides(link: TrialLink, storage_retry_s: float = DEFAULT_RETRY_S) -> list[str]:
+    """Hydra overrides that hand the job its trial link as environment variables (no key in the app's config),
+    with the sweep's storage retry budget."""
+    env = {**link.env(), RETRY_ENV: str(storage_retry_s)}
+    return [f"++hydra.job.env_set.{name}='{value}'" for name, value in env.items()]
 
 
 def trial_overrides(trial: optuna.Trial, settings: SweepSettings, base_cfg: Any) -> list[str]:
@@ -124,7 +128,7 @@ def trial_overrides(trial: optuna.Trial, settings: SweepSettings, base_cfg: Any)
                          *attrs.get("extra_overrides", [])])
     trial.set_user_attr("overrides", overrides)
     link = TrialLink(settings.storage, settings.study_name, trial.number)
-    return [*overrides, *link_overrides(link), f"hydra.sweep.subdir=trial_{trial.number:04d}"]
+    return [*overrides, *link_overrides(link, settings.storage_retry_s), f"hydra.sweep.subdir=trial_{trial.number:04d}"]
 
 
 def _may_ask(study: optuna.Study, n_trials: int) -> bool:
@@ -217,8 +221,9 @@ def check_failures(study: optuna.Study, settings: SweepSettings, last_error: Bas
 
 
 def open_study(settings: SweepSettings) -> optuna.Study:
-    return optuna.create_study(storage=open_storage(settings.storage), study_name=settings.study_name,
-                               sampler=settings.sampler, directions=settings.directions, load_if_exists=True)
+    return optuna.create_study(storage=open_storage(settings.storage, settings.storage_retry_s),
+                               study_name=settings.study_name, sampler=settings.sampler,
+                               directions=settings.directions, load_if_exists=True)
 
 
 def _job_error(result: JobReturn) -> BaseException | None:
@@ -231,7 +236,7 @@ def _job_error(result: JobReturn) -> BaseException | None:
 
 def run_sweep(settings: SweepSettings, launch: Launch, sweep_dir: Path, base_cfg: Any) -> optuna.Study:
     """Run trials until the study holds n_trials finished ones; returns the study."""
-    with study_lock(settings.storage, settings.study_name):
+    with study_lock(settings.storage, settings.study_name, settings.storage_retry_s):
         study = open_study(settings)
         study.set_user_attr(PRUNER_ATTR, settings.pruner_spec)
         fail_stale_trials(study, settings.grace_period)
@@ -241,7 +246,7 @@ def run_sweep(settings: SweepSettings, launch: Launch, sweep_dir: Path, base_cfg
     try:
         while True:
             batch: list[tuple[optuna.Trial, list[str]]] = []
-            with study_lock(settings.storage, settings.study_name):
+            with study_lock(settings.storage, settings.study_name, settings.storage_retry_s):
                 while len(batch) < settings.n_jobs and _may_ask(study, settings.n_trials):
                     trial = study.ask()
                     trial.set_user_attr(WORKER_ATTR, this_worker())
@@ -257,6 +262,10 @@ def run_sweep(settings: SweepSettings, launch: Launch, sweep_dir: Path, base_cfg
                 last_error = _job_error(result) or last_error
                 log.info("trial %d (%s): %s", trial.number, trial.user_attrs.get("variant"), state.name)
             check_failures(study, settings, last_error)
-    finally:
+    except StorageUnreachable:
+        raise  # the results would only wait out the retry budget once more
+    except BaseException:
         write_results(study, sweep_dir)
+        raise
+    write_results(study, sweep_dir)
     return study

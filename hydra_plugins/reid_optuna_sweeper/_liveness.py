@@ -22,6 +22,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hydra_plugins.reid_optuna_sweeper._workers import this_slot
+
 log = logging.getLogger(__name__)
 
 WORKER_ATTR = "worker"
@@ -43,7 +45,11 @@ def _process_exists(pid: int) -> bool:
 
 
 def this_worker() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """This process as the trials record it; a worker of `hydra.sweeper.n_workers` adds its slot."""
+    worker: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    if this_slot() is not None:
+        worker["slot"] = this_slot()
+    return worker
 
 
 def stale_reason(trial: FrozenTrial, grace_period: float, now: float | None = None) -> str | None:

@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from hydra_plugins.reid_optuna_sweeper._database import ResilientRDBStorage, with_retries
 from hydra_plugins.reid_optuna_sweeper._errors import SweepConfigError
 
 JOURNAL_SUFFIX = ".journal"
@@ -45,10 +46,11 @@ def normalize_storage(storage: str) -> str:
     return str(Path(storage).expanduser().resolve())
 
 
-def open_storage(storage: str) -> BaseStorage:
-    """An Optuna storage for a normalized storage string."""
+def open_storage(storage: str, retry_s: float | None = None) -> BaseStorage:
+    """An Optuna storage for a normalized storage string; a database one retries for `retry_s` seconds
+    while its server is unreachable (None: this process's budget, see `_database.retry_budget`)."""
     if is_url(storage):
-        return RDBStorage(storage)
+        return ResilientRDBStorage(storage, retry_s)
     path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
@@ -59,23 +61,38 @@ def _sqlite_path(url: str) -> Path:
 
 
 @contextmanager
-def study_lock(storage: str, study_name: str) -> Iterator[None]:
+def study_lock(storage: str, study_name: str, retry_s: float | None = None) -> Iterator[None]:
     """Serialize the sweep processes' bookkeeping (enqueueing variants, counting and asking trials).
 
     Files (journal, sqlite) use an advisory file lock next to them; PostgreSQL uses an advisory lock, which
-    works across machines. Training itself runs outside the lock.
+    works across machines. Training itself runs outside the lock. Taking the PostgreSQL lock is retried while
+    the server is unreachable; a lock lost with its connection (a server restart) is released by the server.
     """
     if is_url(storage) and storage.startswith("postgresql"):
         key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
         # Optuna's own database engine, so the plugin needs no database library of its own.
-        engine = RDBStorage(storage).engine
-        try:
-            with engine.connect() as connection:
+        rdb = open_storage(storage, retry_s)
+        engine = rdb.engine
+
+        def connect_and_lock():  # returns a SQLAlchemy connection (the plugin does not import the library)
+            connection = engine.connect()
+            try:
                 connection.exec_driver_sql("SELECT pg_advisory_lock(%(key)s)", {"key": key})
+            except BaseException:
+                connection.close()
+                raise
+            return connection
+
+        try:
+            connection = with_retries(connect_and_lock, storage, rdb.retry_s, "taking the study lock")
+            try:
+                yield
+            finally:
                 try:
-                    yield
-                finally:
                     connection.exec_driver_sql("SELECT pg_advisory_unlock(%(key)s)", {"key": key})
+                except Exception:  # noqa: BLE001 - a dropped connection has already released its lock
+                    pass
+                connection.close()
         finally:
             engine.dispose()
         return

@@ -2,8 +2,8 @@
 
 Keys follow the stock hydra-optuna-sweeper (sampler, direction, storage, study_name, n_trials, n_jobs,
 max_failure_rate, params, custom_search_space), so its sweep files work after changing the
-`override hydra/sweeper:` line; `pruner`, `variants`, `job_outcome`, `heartbeat_interval` and `grace_period`
-are this sweeper's additions.
+`override hydra/sweeper:` line; `pruner`, `variants`, `job_outcome`, `heartbeat_interval`, `grace_period`,
+`n_workers`, `gpus_per_trial` and `storage_retry_s` are this sweeper's additions.
 """
 
 from dataclasses import dataclass, field
@@ -152,8 +152,15 @@ class ReidOptunaSweeperConfig:
     study_name: Optional[str] = None
     # Trials of the whole study, however many processes share it and however often it is resumed.
     n_trials: int = 20
-    # Trials handed to the launcher at once.
+    # Trials handed to the launcher at once (one batch waits for its slowest trial; n_workers has no barrier).
     n_jobs: int = 1
+    # Sweep processes on this study, each asking, training and telling on its own: child processes pinned to
+    # their own GPUs (or CPU threads) with the basic launcher, the launcher's jobs otherwise (submitit: an array).
+    n_workers: int = 1
+    # GPUs each local worker gets from the visible ones (CUDA_VISIBLE_DEVICES); 0: CPU workers.
+    gpus_per_trial: int = 1
+    # Seconds a database storage keeps retrying (with backoff) while its server is unreachable, then errs.
+    storage_retry_s: float = 120.0
     # The sweep stops once failed trials exceed this fraction of n_trials.
     max_failure_rate: float = 0.25
     params: Optional[Dict[str, str]] = None

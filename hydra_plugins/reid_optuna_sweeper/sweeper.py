@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import optuna
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from hydra_plugins.reid_optuna_sweeper._database import DEFAULT_RETRY_S
 from hydra_plugins.reid_optuna_sweeper._driver import SweepSettings, run_sweep
 from hydra_plugins.reid_optuna_sweeper._errors import SweepConfigError
+from hydra_plugins.reid_optuna_sweeper._results import write_results
 from hydra_plugins.reid_optuna_sweeper._space import parse_search_space
-from hydra_plugins.reid_optuna_sweeper._storage import default_storage, normalize_storage
+from hydra_plugins.reid_optuna_sweeper._storage import default_storage, normalize_storage, open_storage
+from hydra_plugins.reid_optuna_sweeper._workers import (
+    SLOT_ENV,
+    WorkerJob,
+    run_local_workers,
+    visible_devices,
+    worker_command,
+    worker_environments,
+)
 from hydra_plugins.reid_optuna_sweeper.config import ReidOptunaSweeperConfig  # noqa: F401 - registers the configs
 
 DIRECTIONS = ("minimize", "maximize")
@@ -37,9 +51,11 @@ class ReidOptunaSweeper(Sweeper):
     def __init__(self, sampler: DictConfig, pruner: DictConfig, direction: Any, storage: str | None,
                  study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
                  params: DictConfig | None, custom_search_space: str | None, variants: DictConfig | None,
-                 job_outcome: DictConfig | None, heartbeat_interval: float, grace_period: float) -> None:
+                 job_outcome: DictConfig | None, heartbeat_interval: float, grace_period: float,
+                 n_workers: int = 1, gpus_per_trial: int = 1, storage_retry_s: float = DEFAULT_RETRY_S) -> None:
         self.directions = parse_directions(direction)
-        for key, value, low in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1)):
+        for key, value, low in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1), ("n_workers", n_workers, 1),
+                                ("gpus_per_trial", gpus_per_trial, 0)):
             if value < low:
                 raise SweepConfigError(f"hydra.sweeper.{key}={value}: expected an integer >= {low}")
         if not 0.0 < heartbeat_interval < grace_period:
@@ -61,10 +77,19 @@ class ReidOptunaSweeper(Sweeper):
         self.job_outcome_cfg = job_outcome
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
+        if storage_retry_s < 0:
+            raise SweepConfigError(f"hydra.sweeper.storage_retry_s={storage_retry_s}: expected seconds >= 0")
+        self.n_workers = n_workers
+        self.gpus_per_trial = gpus_per_trial
+        self.storage_retry_s = storage_retry_s
         self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
                                                                 task_function=task_function, config=config)
 
@@ -91,10 +116,36 @@ class ReidOptunaSweeper(Sweeper):
                              n_trials=n_trials, n_jobs=self.n_jobs, max_failure_rate=self.max_failure_rate,
                              sampler=sampler, pruner_spec=pruner_spec, space=space, variants=list(variants),
                              custom_search_space=custom, job_outcome=job_outcome,
-                             heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period)
+                             heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period,
+                             storage_retry_s=self.storage_retry_s)
 
     def sweep(self, arguments: Sequence[str]) -> None:
         """Run the study to n_trials; the results are in the sweep directory and the study, so nothing is returned."""
         assert self.config is not None
         settings = self._settings(list(arguments))
-        run_sweep(settings, self.launcher.launch, Path(self.config.hydra.sweep.dir), self.config)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        if self.n_workers == 1:
+            run_sweep(settings, self.launcher.launch, sweep_dir, self.config)
+            return
+        self._run_workers(sweep_dir)
+        study = optuna.load_study(study_name=settings.study_name,
+                                  storage=open_storage(settings.storage, settings.storage_retry_s))
+        write_results(study, sweep_dir)
+
+    def _run_workers(self, sweep_dir: Path) -> None:
+        """`n_workers` sweep processes on this study (see `_workers`): children here, or the launcher's jobs."""
+        assert self.config is not None and self.hydra_context is not None
+        command = worker_command(sys.orig_argv, sweep_dir)
+        if isinstance(self.launcher, BasicLauncher):
+            environments = worker_environments(self.n_workers, self.gpus_per_trial, visible_devices(),
+                                               os.cpu_count() or 1)
+            run_local_workers(command, environments, Path.cwd())
+            return
+        job = WorkerJob(command=command, cwd=str(Path.cwd()), n_workers=self.n_workers,
+                        gpus_per_trial=self.gpus_per_trial)
+        launcher = Plugins.instance().instantiate_launcher(hydra_context=self.hydra_context, task_function=job,
+                                                           config=self.config)
+        results = launcher.launch([[f"hydra.sweep.subdir=worker_{slot}", f"++hydra.job.env_set.{SLOT_ENV}={slot}"]
+                                   for slot in range(self.n_workers)], initial_job_idx=0)
+        for result in results:
+            result.return_value  # noqa: B018 - raises the worker job's own error

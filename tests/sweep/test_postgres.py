@@ -1,18 +1,25 @@
 """A sweep whose study lives in PostgreSQL (the storage for workers on several machines).
 
-`.ci/run` starts a server on loopback and sets REID_TEST_POSTGRES_URL; without a reachable server the test
-skips and says why.
+`.ci/run` starts a server on loopback and sets REID_TEST_POSTGRES_URL (and REID_TEST_POSTGRES_CTL, the pg_ctl
+command that restarts it); without a reachable server the tests skip and say why.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
+import shlex
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 from sweep_helpers import TINY, load, run_sweep
+
+SLEEPER = Path(__file__).resolve().parent / "apps" / "sleeper.py"
 
 URL_VARIABLE = "REID_TEST_POSTGRES_URL"
 
@@ -49,3 +56,46 @@ def test_sweep_on_postgresql(tmp_path: Path, data_dir: Path, postgres_url: str) 
     assert again.returncode == 0, again.stderr[-3000:]
     assert [t.datetime_complete for t in load(postgres_url, study_name).get_trials()] == [
         t.datetime_complete for t in trials]
+
+
+CTL_VARIABLE = "REID_TEST_POSTGRES_CTL"
+
+
+def test_two_workers_ride_out_a_server_restart(tmp_path: Path, postgres_url: str) -> None:
+    """The server restarts while both workers' jobs report: no trial is lost, every value is recorded."""
+    ctl = os.environ.get(CTL_VARIABLE)
+    if not ctl:
+        pytest.skip(f"{CTL_VARIABLE} is not set: the test cannot restart the server (.ci/run sets it)")
+    study_name = f"pg-restart-{uuid.uuid4().hex[:8]}"
+    args = [f"hydra.sweeper.storage={postgres_url}", f"hydra.sweeper.study_name={study_name}", "seconds=1.0",
+            "long_seconds=1.0", "steps=4", "hydra.sweeper.n_trials=6"]
+    log = (tmp_path / "sweep.log").open("w")  # a file, not a pipe, which nobody reads while the test waits
+    sweep = subprocess.Popen([sys.executable, "-Werror", str(SLEEPER), "--multirun", *args,
+                              f"hydra.sweep.dir={tmp_path}"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        study = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sweep.poll() is None:
+            try:
+                study = study or load(postgres_url, study_name)
+                if sum(t.state == TrialState.COMPLETE for t in study.get_trials()) >= 2:
+                    break
+            except KeyError:
+                pass
+            time.sleep(0.1)
+        assert sweep.poll() is None, "the sweep ended before the server could be restarted"
+        restart = datetime.datetime.now()
+        subprocess.run([*shlex.split(ctl), "restart", "-m", "fast", "-w"], check=True, capture_output=True,
+                       timeout=60)
+        sweep.wait(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        log.close()
+    assert sweep.returncode == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    trials = load(postgres_url, study_name).get_trials()
+    assert len(trials) == 6
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(t.intermediate_values == {step: t.value * step for step in range(1, 5)} for t in trials)
+    # Some trial was training (and reporting) while the server went down.
+    assert any(t.datetime_start < restart < t.datetime_complete for t in trials)
