@@ -175,7 +175,16 @@ def objective_values(value: Any, n_objectives: int) -> list[float] | str:
 
 def record_outcome(study: optuna.Study, trial: optuna.Trial, result: JobReturn, run_dir: Path,
                    job_outcome: Callable[[Path], JobOutcome] | None = None) -> TrialState:
-    """Tell the study how the job ended: PRUNED, FAIL (an error, a bad value or the app's verdict) or COMPLETE."""
+    """Tell the study how the job ended: PRUNED, FAIL (an error, a bad value or the app's verdict) or COMPLETE.
+
+    A trial that another sweep process already ended (failed as abandoned while its job ran on, and retried under a
+    new number) keeps that ending: its job's result is logged, not told.
+    """
+    stored = study.get_trials(deepcopy=False)[trial.number].state
+    if stored.is_finished():
+        log.warning("trial %d was already %s when its job ended (another sweep process judged it abandoned); "
+                    "its result is not recorded", trial.number, stored.name)
+        return stored
     outcome = job_outcome(run_dir) if job_outcome is not None else JobOutcome()
     trial.set_user_attr("run_dir", str(run_dir.resolve()))
     for key, value in outcome.user_attrs.items():

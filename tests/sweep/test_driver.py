@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from hydra.core.utils import JobReturn, JobStatus
 
 from hydra_plugins.reid_optuna_sweeper import SweepConfigError
-from hydra_plugins.reid_optuna_sweeper._driver import SweepSettings, objective_values
+from hydra_plugins.reid_optuna_sweeper._driver import SweepSettings, objective_values, record_outcome
 from hydra_plugins.reid_optuna_sweeper._space import SearchSpace
 
 
@@ -40,3 +41,15 @@ def test_a_quote_in_storage_or_study_name_is_refused_with_the_key(key: str, valu
 ])
 def test_objective_values_are_finite_and_one_per_direction(value, n: int, expected) -> None:
     assert objective_values(value, n) == expected
+
+
+def test_a_trial_ended_elsewhere_keeps_its_ending(tmp_path, caplog) -> None:
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # another sweep process judged it abandoned
+    result = JobReturn()
+    result.status, result.return_value = JobStatus.COMPLETED, 0.7
+    with caplog.at_level("WARNING"):
+        assert record_outcome(study, trial, result, tmp_path) == optuna.trial.TrialState.FAIL
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL and study.trials[0].value is None
+    assert "trial 0 was already FAIL when its job ended" in caplog.text
