@@ -56,7 +56,7 @@ class TrainerConfig:
 
 @dataclass
 class DataConfig:
-    """Input pipeline: size, PK batch composition, augmentation, loader workers."""
+    """Input pipeline: size, PK batch composition, augmentation, where it runs, decoded-image cache, workers."""
 
     height: int = 256
     width: int = 128
@@ -69,6 +69,9 @@ class DataConfig:
     num_workers: int = 2
     test_batch_size: int = 128
     distance: str = "euclidean"
+    pipeline: str = "auto"
+    cache: str = "none"
+    cache_max_gb: float = 8.0
 
 
 @dataclass
@@ -201,6 +204,14 @@ def validate_targets(cfg: DictConfig, provided: dict[str, tuple[str, ...]] = PRO
         )
     if cfg.data.distance not in ("euclidean", "cosine"):
         raise ConfigError(f"data.distance={cfg.data.distance!r}: expected 'euclidean' or 'cosine'")
+    if cfg.data.pipeline not in ("auto", "cpu", "gpu"):
+        raise ConfigError(f"data.pipeline={cfg.data.pipeline!r}: expected 'auto' (gpu on a CUDA device, else cpu), "
+                          "'cpu' (augment in the loader workers) or 'gpu' (augment whole batches on the device)")
+    if cfg.data.cache not in ("none", "ram", "disk"):
+        raise ConfigError(f"data.cache={cfg.data.cache!r}: expected 'none' (decode at every use), 'ram' or 'disk' "
+                          "(decode once)")
+    if cfg.data.cache_max_gb < 0:
+        raise ConfigError(f"data.cache_max_gb={cfg.data.cache_max_gb}: expected a size in GB >= 0")
     if cfg.trainer.device not in ("auto", "cpu", "cuda") and not str(cfg.trainer.device).startswith("cuda:"):
         raise ConfigError(f"trainer.device={cfg.trainer.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
     for name in ("max_epochs", "eval_every", "log_every"):

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO
+from collections.abc import Sequence
+from typing import BinaryIO
 
-import torch
+import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
-from torchvision.transforms import functional as TF
 
 from reid.data.records import DatasetError, ImageRecord
 
@@ -37,6 +35,15 @@ def read_image(path: str) -> Image.Image:
             return img.convert("RGB")
     except Exception as exc:  # PIL raises many unrelated types for bad files
         raise DatasetError(f"cannot read image {path}: {_reason(exc)}; {SKIP_HINT}") from exc
+
+
+def decode_resized(path: str, height: int, width: int) -> np.ndarray:
+    """Decode ``path`` and resize it to ``height x width`` (bilinear, as torchvision's Resize does on PIL
+    images): the uint8 ``H x W x 3`` array every pipeline and the decoded-image cache start from."""
+    image = read_image(path)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.BILINEAR)
+    return np.array(image, dtype=np.uint8)
 
 
 def _reason(exc: BaseException) -> str:
@@ -113,28 +120,3 @@ def filter_readable(
         "skipped %d unreadable images (first: %s: %s)", len(bad), first_path, first_reason
     )
     return [r for r in records if r.path not in bad_paths]
-
-
-class ImageDataset(Dataset):
-    """Map-style dataset over :class:`ImageRecord` items.
-
-    Returns ``(image_tensor, pid, camid, index)``; the index lets evaluation and
-    debugging code map a feature back to its record.
-    """
-
-    def __init__(
-        self,
-        records: Sequence[ImageRecord],
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
-        self.records = list(records)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
-        record = self.records[index]
-        image = read_image(record.path)
-        tensor = self.transform(image) if self.transform is not None else TF.to_tensor(image)
-        return tensor, record.pid, record.camid, index

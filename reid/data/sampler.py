@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -148,3 +148,29 @@ class PKSampler(Sampler[int]):
             raise ValueError(f"PKSampler.load_state_dict: seed/epoch must be >= 0, got {state}")
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
+
+
+class DrawKey(NamedTuple):
+    """A dataset index with what its augmentation is drawn from: (seed, epoch, place in the epoch's global batches)."""
+
+    index: int
+    seed: int
+    epoch: int
+    position: int
+
+
+class KeyedPKSampler(PKSampler):
+    """A :class:`PKSampler` that yields a :class:`DrawKey` per image instead of the bare index.
+
+    The position counts over the global batches (``p * k`` per batch, every rank's slice included), so an image's
+    augmentation depends on (seed, epoch, position) alone: not on the loader worker, the pipeline, a resume, or
+    the number of processes.
+    """
+
+    def __iter__(self) -> Iterator[DrawKey]:  # type: ignore[override]
+        global_batch = self.p * self.k
+        batches = self._epoch_indices().reshape(self._num_batches, global_batch)
+        start = self.rank * self.rank_batch_size
+        for batch, row in enumerate(batches):
+            for offset in range(start, start + self.rank_batch_size):
+                yield DrawKey(int(row[offset]), self.seed, self.epoch, batch * global_batch + offset)

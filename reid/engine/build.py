@@ -89,8 +89,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     log.info("%s", splits.summary())
     check_monitor(cfg.trainer.monitor, splits)
     check_objectives(cfg.trainer.objectives, splits.closed_set, splits.name)
-    loaders = build_loaders(splits, cfg.data, seed=cfg.trainer.seed, num_replicas=distributed.world_size(),
-                            rank=distributed.rank())
+    loaders = build_loaders(splits, cfg.data, seed=cfg.trainer.seed, device=device,
+                            num_replicas=distributed.world_size(), rank=distributed.rank())
     model = build_model(cfg.backbone, cfg.head, num_classes=splits.num_classes)
     if cfg.trainer.sync_bn:
         # The same parameters and buffers, so the state dict (and every checkpoint) keeps its keys.
@@ -119,7 +119,8 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
     record.info.update(max_epochs=max_epochs, lineage=start.lineage)
     evaluator = Evaluator(experiment.loaders.test, experiment.loaders.num_query, experiment.device,
                           amp=cfg.trainer.amp, distance=cfg.data.distance,
-                          classification=experiment.splits.closed_set)
+                          classification=experiment.splits.closed_set,
+                          batch_transform=experiment.loaders.test_transform)
     record.info["processes"] = distributed.world_size()
     # Rank 0 logs, writes and decides (early stopping, pruning; the loop broadcasts its decisions); every rank
     # runs the hooks that change what it trains.
@@ -163,6 +164,7 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         grad_clip=cfg.trainer.grad_clip,
         limit_train_batches=cfg.trainer.limit_train_batches,
         monitor=cfg.trainer.monitor,
+        batch_transform=experiment.loaders.train_transform,
     )
     trainer.state.epoch = start.initial_epoch
     if resume is not None:

@@ -6,6 +6,9 @@ classifier is scored on the same held-out images too: `val_loss`, `val_top1`, `v
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,17 +29,25 @@ def valid_monitors(classification: bool) -> tuple[str, ...]:
     return RANKING_MONITORS + (CLASSIFICATION_MONITORS if classification else ())
 
 
+BatchTransform = Callable[[Any, torch.device], torch.Tensor]
+
+
+def _on_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device, non_blocking=True)
+
+
 @torch.no_grad()
-def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
-                     amp: bool) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Embeddings (float32, on CPU), pids and camids of every image the loader yields, in order."""
+def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool,
+                     batch_transform: BatchTransform = _on_device) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Embeddings (float32, on CPU), pids and camids of every image the loader yields, in order; each batch's
+    images reach the model through `batch_transform(images, device)` (the GPU pipeline normalizes there)."""
     was_training = model.training
     model.eval()
     features, pids, camids = [], [], []
     try:
         for images, batch_pids, batch_camids, _ in loader:
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
-                embedding = model(images.to(device, non_blocking=True))
+                embedding = model(batch_transform(images, device).to(device))
             features.append(embedding.float().cpu())
             pids.append(batch_pids.numpy())
             camids.append(batch_camids.numpy())
@@ -74,20 +85,21 @@ class Evaluator:
     val_loss, val_top1 and val_top5 on the query + gallery images (whose pids must be training labels)."""
 
     def __init__(self, loader: DataLoader, num_query: int, device: torch.device, amp: bool, distance: str,
-                 classification: bool = False) -> None:
+                 classification: bool = False, batch_transform: BatchTransform = _on_device) -> None:
         self.loader = loader
         self.num_query = num_query
         self.device = device
         self.amp = amp
         self.distance = distance
         self.classification = classification
+        self.batch_transform = batch_transform
 
     @property
     def monitors(self) -> tuple[str, ...]:
         return valid_monitors(self.classification)
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        features, pids, camids = extract_features(model, self.loader, self.device, self.amp)
+        features, pids, camids = extract_features(model, self.loader, self.device, self.amp, self.batch_transform)
         q = self.num_query
         distances = compute_distance_matrix(features[:q], features[q:], metric=self.distance)
         result = evaluate_rank(distances, pids[:q], pids[q:], camids[:q], camids[q:], max_rank=10)

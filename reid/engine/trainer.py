@@ -81,6 +81,7 @@ class Trainer:
         grad_clip: float | None = None,
         limit_train_batches: int | None = None,
         monitor: str = "mAP",
+        batch_transform: Callable[[Any, torch.device], torch.Tensor] | None = None,
     ) -> None:
         self.model = model
         self.criterion = criterion
@@ -96,6 +97,8 @@ class Trainer:
         self.seed = seed
         self.grad_clip = grad_clip
         self.limit_train_batches = limit_train_batches
+        # What the loader's batches go through on the device before the step (the GPU pipeline's augmentations).
+        self.batch_transform = batch_transform or (lambda images, device: images)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = TrainState(monitor=monitor)
         self.progress: EpochProgress | None = None
@@ -145,9 +148,9 @@ class Trainer:
         return state
 
     def run_epoch(self, epoch: int) -> EpochResult:
-        # Every epoch's randomness (sampling, augmentation) derives from (seed, epoch) alone, so a resumed
-        # run replays exactly the epochs an uninterrupted one would; each of several processes augments its own
-        # images with its own draws (a single process keeps the seeds it always had).
+        # Every epoch's randomness derives from (seed, epoch) alone, so a resumed run replays exactly the epochs an
+        # uninterrupted one would: the sampler's batches, each image's augmentation (drawn from (seed, epoch, its
+        # place in the epoch), see reid.data.transforms) and the global RNGs seeded here, per process.
         seed_everything((self.seed * 100_003 + epoch) * distributed.world_size() + distributed.rank())
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
@@ -166,6 +169,7 @@ class Trainer:
         for step, (images, pids, _camids, _indices) in enumerate(batches, start=1):
             if step <= resume_at:
                 continue  # already trained before an interruption; loading it replays the same random draws
+            images = self.batch_transform(images, self.device)
             losses, batch_correct = self.train_step(images, pids, epoch, step)
             self.state.global_step += 1
             for key, value in losses.items():

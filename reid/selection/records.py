@@ -600,7 +600,7 @@ def model_from_payload(payload: dict[str, Any]) -> tuple[Any, Any]:
     """
     from omegaconf import OmegaConf
 
-    from reid.data.transforms import build_transforms
+    from reid.data.transforms import eval_transform
     from reid.models import build_model
 
     if not isinstance(payload, dict) or not {"state_dict", "architecture", "meta"} <= set(payload):
@@ -613,4 +613,4 @@ def model_from_payload(payload: dict[str, Any]) -> tuple[Any, Any]:
     model = build_model(cfg.backbone, cfg.head, num_classes=payload["architecture"]["num_classes"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
-    return model, build_transforms(cfg.data.height, cfg.data.width)[1]
+    return model, eval_transform(cfg.data.height, cfg.data.width)

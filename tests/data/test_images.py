@@ -1,11 +1,11 @@
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from reid.data import DatasetError, ImageDataset, ImageRecord, filter_readable, find_unreadable, read_image
+from reid.data import DatasetError, ImageRecord, decode_resized, filter_readable, find_unreadable, read_image
 
 
 def _write(path: Path, mode: str = "RGB", fmt: str = "JPEG") -> Path:
@@ -71,12 +71,9 @@ def test_filter_readable_raises_or_skips(tmp_path: Path, caplog: pytest.LogCaptu
     assert filter_readable([good], skip_bad_images=False, logger=None) == [good]
 
 
-def test_image_dataset_items(tmp_path: Path) -> None:
-    records = [ImageRecord(str(_write(tmp_path / f"{i}.jpg")), pid=i + 5, camid=i) for i in range(3)]
-    dataset = ImageDataset(records, transform=lambda img: torch.zeros(3, img.height, img.width))
-    assert len(dataset) == 3
-    image, pid, camid, index = dataset[2]
-    assert image.shape == (3, 12, 6)
-    assert (pid, camid, index) == (7, 2, 2)
-    raw, *_ = ImageDataset(records, transform=None)[0]
-    assert raw.dtype == torch.float32 and raw.shape == (3, 12, 6) and float(raw.max()) <= 1.0
+def test_decode_resized_gives_uint8_at_the_target_size(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.png", fmt="PNG")
+    pixels = decode_resized(str(path), 24, 10)
+    assert pixels.dtype == np.uint8 and pixels.shape == (24, 10, 3) and pixels.flags.writeable
+    assert (pixels == (10, 200, 30)).all()
+    assert decode_resized(str(path), 12, 6).shape == (12, 6, 3)

@@ -111,3 +111,23 @@ def test_ranks_take_equal_slices_of_the_global_batches() -> None:
 def test_a_global_batch_that_does_not_split_evenly_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"data.p=3 x data.k=3 = 9 images per batch cannot be split evenly over 2"):
         PKSampler(PIDS, p=3, k=3, num_replicas=2, rank=0)
+
+
+def test_keyed_sampler_numbers_the_global_sequence_the_same_for_any_process_count() -> None:
+    from reid.data import DrawKey, KeyedPKSampler
+
+    single = KeyedPKSampler(PIDS, p=2, k=4, seed=3)
+    single.set_epoch(2)
+    keys = list(single)
+    plain = PKSampler(PIDS, p=2, k=4, seed=3)
+    plain.set_epoch(2)
+    assert [key.index for key in keys] == list(plain)
+    assert [key.position for key in keys] == list(range(len(keys)))
+    assert {(key.seed, key.epoch) for key in keys} == {(3, 2)}
+    ranks = [KeyedPKSampler(PIDS, p=2, k=4, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(2)
+    per_rank = [list(sampler) for sampler in ranks]
+    merged = [key for batch in range(len(keys) // 8) for keys_of_rank in per_rank
+              for key in keys_of_rank[batch * 4:(batch + 1) * 4]]
+    assert merged == keys and isinstance(merged[0], DrawKey)
