@@ -3,7 +3,7 @@
 Keys follow the stock hydra-optuna-sweeper (sampler, direction, storage, study_name, n_trials, n_jobs,
 max_failure_rate, params, custom_search_space), so its sweep files work after changing the
 `override hydra/sweeper:` line; `pruner`, `variants`, `job_outcome`, `heartbeat_interval`, `grace_period`,
-`n_workers`, `gpus_per_trial` and `storage_retry_s` are this sweeper's additions.
+`n_workers`, `gpus_per_trial`, `processes_per_trial` and `storage_retry_s` are this sweeper's additions.
 """
 
 from dataclasses import dataclass, field
@@ -159,6 +159,9 @@ class ReidOptunaSweeperConfig:
     n_workers: int = 1
     # GPUs each local worker gets from the visible ones (CUDA_VISIBLE_DEVICES); 0: CPU workers.
     gpus_per_trial: int = 1
+    # Processes each trial's job runs on: above 1, the job is the app under torchrun (--standalone, one machine),
+    # whose rank 0 returns the value (docs/sweeps.md); set it to gpus_per_trial for one process per GPU.
+    processes_per_trial: int = 1
     # Seconds a database storage keeps retrying (with backoff) while its server is unreachable, then errs.
     storage_retry_s: float = 120.0
     # The sweep stops once failed trials exceed this fraction of n_trials.

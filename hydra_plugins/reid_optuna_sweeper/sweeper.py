@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -23,6 +24,7 @@ from hydra_plugins.reid_optuna_sweeper._errors import SweepConfigError
 from hydra_plugins.reid_optuna_sweeper._results import write_results
 from hydra_plugins.reid_optuna_sweeper._space import parse_search_space
 from hydra_plugins.reid_optuna_sweeper._storage import default_storage, normalize_storage, open_storage
+from hydra_plugins.reid_optuna_sweeper._torchrun import DistributedTrial, split_command_line
 from hydra_plugins.reid_optuna_sweeper._workers import (
     SLOT_ENV,
     WorkerJob,
@@ -32,6 +34,8 @@ from hydra_plugins.reid_optuna_sweeper._workers import (
     worker_environments,
 )
 from hydra_plugins.reid_optuna_sweeper.config import ReidOptunaSweeperConfig  # noqa: F401 - registers the configs
+
+log = logging.getLogger(__name__)
 
 DIRECTIONS = ("minimize", "maximize")
 
@@ -52,10 +56,11 @@ class ReidOptunaSweeper(Sweeper):
                  study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
                  params: DictConfig | None, custom_search_space: str | None, variants: DictConfig | None,
                  job_outcome: DictConfig | None, heartbeat_interval: float, grace_period: float,
-                 n_workers: int = 1, gpus_per_trial: int = 1, storage_retry_s: float = DEFAULT_RETRY_S) -> None:
+                 n_workers: int = 1, gpus_per_trial: int = 1, processes_per_trial: int = 1,
+                 storage_retry_s: float = DEFAULT_RETRY_S) -> None:
         self.directions = parse_directions(direction)
         for key, value, low in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1), ("n_workers", n_workers, 1),
-                                ("gpus_per_trial", gpus_per_trial, 0)):
+                                ("gpus_per_trial", gpus_per_trial, 0), ("processes_per_trial", processes_per_trial, 1)):
             if value < low:
                 raise SweepConfigError(f"hydra.sweeper.{key}={value}: expected an integer >= {low}")
         if not 0.0 < heartbeat_interval < grace_period:
@@ -81,6 +86,7 @@ class ReidOptunaSweeper(Sweeper):
             raise SweepConfigError(f"hydra.sweeper.storage_retry_s={storage_retry_s}: expected seconds >= 0")
         self.n_workers = n_workers
         self.gpus_per_trial = gpus_per_trial
+        self.processes_per_trial = processes_per_trial
         self.storage_retry_s = storage_retry_s
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -90,6 +96,10 @@ class ReidOptunaSweeper(Sweeper):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        if self.processes_per_trial > 1:
+            # Each trial's job runs the app under torchrun; the launcher runs that job where it runs any other.
+            split_command_line(sys.orig_argv)  # a command line torchrun cannot run again fails before any trial
+            task_function = DistributedTrial(list(sys.orig_argv), self.processes_per_trial, str(Path.cwd()))
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
                                                                 task_function=task_function, config=config)
 
@@ -136,6 +146,10 @@ class ReidOptunaSweeper(Sweeper):
         """`n_workers` sweep processes on this study (see `_workers`): children here, or the launcher's jobs."""
         assert self.config is not None and self.hydra_context is not None
         command = worker_command(sys.orig_argv, sweep_dir)
+        if self.gpus_per_trial > 1 and self.processes_per_trial == 1:
+            log.warning("hydra.sweeper.gpus_per_trial=%d, but each trial runs in one process; set "
+                        "hydra.sweeper.processes_per_trial=%d to run each trial under torchrun, one process per GPU",
+                        self.gpus_per_trial, self.gpus_per_trial)
         if isinstance(self.launcher, BasicLauncher):
             environments = worker_environments(self.n_workers, self.gpus_per_trial, visible_devices(),
                                                os.cpu_count() or 1)
