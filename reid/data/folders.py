@@ -12,8 +12,8 @@ import numpy as np
 
 from reid.data.images import filter_readable
 from reid.data.market1501 import IMAGE_EXTENSIONS, list_images
-from reid.errors import ConfigError
 from reid.data.records import DatasetError, ImageRecord, ReidSplits
+from reid.errors import ConfigError
 
 _LOG = logging.getLogger(__name__)
 

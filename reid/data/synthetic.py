@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from reid.data.market1501 import SUBSETS, Market1501
-from reid.errors import ConfigError
 from reid.data.records import DatasetError, ReidSplits
+from reid.errors import ConfigError
 from reid.utils.process import process_exists
 
 _LOG = logging.getLogger(__name__)
