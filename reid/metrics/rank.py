@@ -1,30 +1,39 @@
-"""Market-1501 ranking metrics (mAP, CMC, mINP) without sorting the gallery.
+"""Market-1501 ranking metrics (mAP, CMC, mINP) without argsorting the gallery.
 
 The community implementation (torchreid / fast-reid ``eval_market1501``) argsorts every
-row of the distance matrix; at Market-1501 scale that sort alone costs seconds, yet each
-query has only ~14 positives, and every metric only needs, for each positive, the number
-of negatives ranked before it. Queries are processed in blocks, each by one of two exact
-paths:
+row of the distance matrix and walks it per query. Every metric only needs, for each of a
+query's ~14 positives, the number of negatives ranked before it, so here:
 
-* dense: every gallery item gets the number of the query's positives at or below its
-  distance (one comparison pass per positive into a uint8 counter, or a batched
-  ``searchsorted`` when there are many positives); a per-query histogram of that count
-  over the negatives, cumulatively summed, gives the negatives before each positive.
-* sparse: for queries whose positives all rank near the top (a good model), only the
-  items up to the last positive's distance are gathered and binned the same way.
-
-Each query's path is picked from a cost estimate on a sample of gallery columns.
+1. Each query's positives come from label tables; their distances are sorted (ties by
+   gallery index).
+2. One pass counts, per query, the items at or below its last positive's distance: only
+   those can rank before a positive (few for a good model, most of the row for a weak
+   one).
+3. Queries are grouped by that count; for each block the smallest ``count`` values of
+   every row are selected (a partial partition) and sorted, values only, never indices.
+   Two binary searches per positive in that sorted prefix give the items strictly below
+   and at or below its distance; subtracting the query's own same-pid items leaves the
+   negatives before it, whatever the model's quality.
 
 Ranking rule (identical to a stable argsort of each row): gallery items are ordered by
 ascending distance; among equal distances the lower gallery index ranks first, also when
-a positive ties with a negative. Gallery items with the query's pid *and* camera are
-discarded, items with the query's pid and another camera are positives, all other items
-are negatives.
+a positive ties with a negative (found exactly: a positive's "at or below" count then
+exceeds its "below" count by more than its own same-pid items; only those are recounted
+by gallery index). Gallery items with the query's pid *and* camera are discarded, items
+with the query's pid and another camera are positives, all other items are negatives.
+
+On the CPU the two passes over the distance matrix run in numpy (its SIMD partition and
+sort are far faster than torch's CPU sort), split over plain threads that block rather
+than spin when idle; torch's own ops here are small, so they run on one thread. On a GPU
+the same steps run in torch on the device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,19 +42,14 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor
 
 _MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
-# Peak bytes per distance-matrix element inside a block: the int64 positive counts plus
-# masks, or, on the sparse path, candidate index/value tensors when most items qualify.
-_BYTES_PER_ELEMENT = 64
-# A query takes the sparse path when (items up to its last positive) x (its positives) x
-# this ratio is below the gallery size: the measured break-even against the dense path.
-_SPARSE_COST_RATIO = 1.0
-# Up to this many positives per query the dense path counts them with broadcast
-# comparisons, _COMPARISON_GROUP positives per pass; beyond it a batched binary search is
-# cheaper.
-_MAX_COMPARISON_PASSES = 24
-_COMPARISON_GROUP = 4
-# Gallery columns sampled to estimate how many items rank before a query's last positive.
-_SAMPLE_COLUMNS = 1024
+# Peak bytes per distance-matrix element inside a block: the gathered rows, their sorted
+# prefix and a comparison mask.
+_BYTES_PER_ELEMENT = 16
+# A block whose prefix would cover more than this fraction of the gallery sorts whole rows:
+# the partition before the sort then no longer pays for itself.
+_FULL_SORT_FRACTION = 0.8
+# Rows per task handed to a worker thread; small enough to balance two busy cores.
+_ROWS_PER_TASK = 64
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,13 @@ class RankResult:
 
 def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu()
+        return x.detach()
     if isinstance(x, (np.ndarray, list, tuple)):
         return torch.as_tensor(np.asarray(x))
     raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
 
 
-def _as_labels(x: ArrayLike, name: str, length: int, axis: str) -> torch.Tensor:
+def _as_labels(x: ArrayLike, name: str, length: int, axis: str, device: torch.device) -> torch.Tensor:
     t = _as_tensor(x, name)
     if t.dim() != 1 or t.shape[0] != length:
         raise ValueError(
@@ -86,7 +90,7 @@ def _as_labels(x: ArrayLike, name: str, length: int, axis: str) -> torch.Tensor:
         )
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise ValueError(f"{name} must hold integers, got dtype {t.dtype}")
-    return t.to(torch.int64)
+    return t.to(device=device, dtype=torch.int64)
 
 
 def _as_distmat(distmat: ArrayLike) -> torch.Tensor:
@@ -130,21 +134,22 @@ def evaluate_rank(
 ) -> RankResult:
     """Market-1501 mAP / CMC / mINP, equal to the community ``eval_market1501``.
 
-    Accepts numpy arrays or torch tensors in any mix (GPU tensors are copied to the CPU).
-    Same-pid same-camera gallery items are discarded per query; queries left without a
-    positive are excluded and counted. Equal distances rank by gallery index (a stable
-    argsort), so the result is exact and deterministic. A gallery smaller than
-    ``max_rank`` clamps it with a warning, as the community code does. ``chunk_size``
-    (queries per block) only bounds memory; by default a block stays near 256 MB.
+    Accepts numpy arrays or torch tensors in any mix; a CUDA ``distmat`` is evaluated on
+    its device (labels are moved there). Same-pid same-camera gallery items are discarded
+    per query; queries left without a positive are excluded and counted. Equal distances
+    rank by gallery index (a stable argsort), so the result is exact and deterministic. A
+    gallery smaller than ``max_rank`` clamps it with a warning, as the community code
+    does. ``chunk_size`` (queries per block) only bounds memory; by default a block stays
+    near 256 MB. On the CPU the heavy passes use ``torch.get_num_threads()`` threads.
     Raises ValueError on inconsistent shapes, NaN distances in an evaluated row, or when
     no query has a positive.
     """
     d = _as_distmat(distmat)
     num_q, num_g = d.shape
-    qp = _as_labels(q_pids, "q_pids", num_q, "row")
-    gp = _as_labels(g_pids, "g_pids", num_g, "column")
-    qc = _as_labels(q_camids, "q_camids", num_q, "row")
-    gc = _as_labels(g_camids, "g_camids", num_g, "column")
+    qp = _as_labels(q_pids, "q_pids", num_q, "row", d.device)
+    gp = _as_labels(g_pids, "g_pids", num_g, "column", d.device)
+    qc = _as_labels(q_camids, "q_camids", num_q, "row", d.device)
+    gc = _as_labels(g_camids, "g_camids", num_g, "column", d.device)
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
     max_rank = int(max_rank)
@@ -156,7 +161,21 @@ def evaluate_rank(
             stacklevel=2,
         )
         max_rank = num_g
+    with _RowKernels.for_distmat(d) as kernels:
+        return _evaluate(d, qp, gp, qc, gc, max_rank, step, kernels)
 
+
+def _evaluate(
+    d: torch.Tensor,
+    qp: torch.Tensor,
+    gp: torch.Tensor,
+    qc: torch.Tensor,
+    gc: torch.Tensor,
+    max_rank: int,
+    step: int,
+    kernels: _RowKernels,
+) -> RankResult:
+    num_q = d.shape[0]
     qp, gp, num_pids = _dense_codes(qp, gp)
     qc, gc, num_cams = _dense_codes(qc, gc)
 
@@ -178,32 +197,29 @@ def evaluate_rank(
             "gallery item from another camera, so mAP/CMC are undefined"
         )
     groups = _GroupIndex(gp, gc, g_order, pid_start, pid_count)
-    sparse = torch.cat(
-        [_prefer_sparse(d, rows, qp[rows], qc[rows], groups) for rows in valid.split(step)]
-    )
 
-    ap_sum = 0.0
-    inp_sum = 0.0
+    # Items that can rank before a positive: those at or below the query's last positive.
+    reach = torch.cat(
+        [kernels.count_at_most(rows, _last_positive(d, rows, qp, qc, groups)) for rows in valid.split(step)]
+    )
+    # Blocks of queries with similar reach keep every row's sorted prefix short.
+    order = torch.argsort(reach, stable=True)
+    ap_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+    inp_sum = torch.zeros((), dtype=torch.float64, device=d.device)
     first_hit = []
-    for use_sparse in (True, False):
-        # Blocks of queries with similar positive counts keep the padding small.
-        rows = valid[sparse == use_sparse]
-        rows = rows[torch.argsort(num_pos[rows], stable=True)]
-        for block_rows in rows.split(step) if rows.numel() else ():
-            ap, inp, first = _evaluate_block(
-                d.index_select(0, block_rows), qp[block_rows], qc[block_rows], groups, use_sparse
-            )
-            ap_sum += ap
-            inp_sum += inp
-            first_hit.append(first)
+    for block in order.split(step):
+        ap, inp, first = _evaluate_block(d, valid[block], reach[block], qp, qc, groups, kernels)
+        ap_sum += ap
+        inp_sum += inp
+        first_hit.append(first)
 
     hits = torch.bincount(torch.cat(first_hit).clamp(max=max_rank + 1) - 1, minlength=max_rank + 1)
-    cmc = (torch.cumsum(hits[:max_rank], 0).double() / num_valid).numpy()
+    cmc = (torch.cumsum(hits[:max_rank], 0).double() / num_valid).cpu().numpy()
     cmc.flags.writeable = False
     return RankResult(
-        mAP=ap_sum / num_valid,
+        mAP=float(ap_sum) / num_valid,
         cmc=cmc,
-        mINP=inp_sum / num_valid,
+        mINP=float(inp_sum) / num_valid,
         num_valid_queries=num_valid,
         num_excluded_queries=num_q - num_valid,
     )
@@ -219,178 +235,193 @@ class _GroupIndex:
     start: torch.Tensor
     count: torch.Tensor
 
-    def same_pid(self, qp: torch.Tensor, qc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each query's same-pid gallery items in gallery order, and which are positives.
+    def same_pid(self, qp: torch.Tensor, qc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each query's same-pid gallery items in gallery order, which are real, which positives.
 
         Rows are padded by repeating their first item (every query here has one), so the
         indices are always valid gallery columns; padding is never a positive.
         """
         start, count = self.start[qp], self.count[qp]
-        offs = torch.arange(int(count.max()))
+        offs = torch.arange(int(count.max()), device=qp.device)
         in_group = offs < count[:, None]
         same = self.g_order[torch.where(in_group, start[:, None] + offs, start[:, None])]
-        return same, in_group & (self.gc[same] != qc[:, None])
+        return same, in_group, in_group & (self.gc[same] != qc[:, None])
 
 
-def _prefer_sparse(
+def _last_positive(
     d: torch.Tensor, rows: torch.Tensor, qp: torch.Tensor, qc: torch.Tensor, groups: _GroupIndex
 ) -> torch.Tensor:
-    """Per query, whether the sparse path is expected to be cheaper than the dense one.
-
-    The sparse path costs about (items up to the last positive) x (positives); that count
-    is estimated from an evenly spaced sample of gallery columns.
-    """
-    num_g = d.shape[1]
-    same, is_pos = groups.same_pid(qp, qc)
-    neg_inf = torch.tensor(float("-inf"), dtype=d.dtype)
-    last_d = torch.where(is_pos, d[rows[:, None], same], neg_inf).amax(1, keepdim=True)
-    cols = torch.unique(torch.linspace(0, num_g - 1, min(num_g, _SAMPLE_COLUMNS)).long())
-    below = torch.count_nonzero(d[rows[:, None], cols[None, :]] <= last_d, dim=1)
-    candidates = below.double() * (num_g / cols.numel())
-    return candidates * is_pos.sum(1) * _SPARSE_COST_RATIO < num_g
+    """The distance of each query's farthest positive."""
+    same, _, is_pos = groups.same_pid(qp[rows], qc[rows])
+    neg_inf = torch.tensor(float("-inf"), dtype=d.dtype, device=d.device)
+    return torch.where(is_pos, d[rows[:, None], same], neg_inf).amax(1)
 
 
 def _evaluate_block(
-    dist: torch.Tensor,
+    d: torch.Tensor,
+    rows: torch.Tensor,
+    reach: torch.Tensor,
     qp: torch.Tensor,
     qc: torch.Tensor,
     groups: _GroupIndex,
-    use_sparse: bool,
-) -> tuple[float, float, torch.Tensor]:
-    """AP sum, INP sum and first-positive ranks for queries that all have a positive."""
-    n, num_g = dist.shape
-    # A sum is NaN if any entry is; only then (or on overflow) look element by element.
-    if not bool(torch.isfinite(dist.sum())) and bool(torch.isnan(dist).any()):
-        raise ValueError("distmat contains NaN, so the ranking is undefined")
+    kernels: _RowKernels,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AP sum, INP sum and first-positive ranks for queries that all have a positive.
 
-    same, is_pos = groups.same_pid(qp, qc)
+    ``reach``: per row, the number of items at or below its last positive.
+    """
+    qp, qc = qp[rows], qc[rows]
+    same, in_group, is_pos = groups.same_pid(qp, qc)
+    same_d = d[rows[:, None], same]
     # Positives first (stable, so gallery order is kept), then a stable sort by distance:
-    # positives end up ordered by (distance, gallery index), padding last.
+    # positives end up ordered by (distance, gallery index), padding (+inf) last.
     by_kind = torch.argsort((~is_pos).to(torch.uint8), dim=1, stable=True)
-    pos_i = torch.where(is_pos, same, num_g).gather(1, by_kind)
-    inf = torch.tensor(float("inf"), dtype=dist.dtype)
-    pos_d = torch.where(is_pos, dist.gather(1, same), inf).gather(1, by_kind)
+    inf = torch.tensor(float("inf"), dtype=d.dtype, device=d.device)
+    pos_d = torch.where(is_pos, same_d, inf).gather(1, by_kind)
+    pos_i = same.gather(1, by_kind)
     pos_d, by_dist = torch.sort(pos_d, dim=1, stable=True)
     pos_i = pos_i.gather(1, by_dist)
     num_pos = is_pos.sum(1)
     p = int(num_pos.max())
-    pos_d, pos_i = pos_d[:, :p].contiguous(), pos_i[:, :p].contiguous()
+    pos_d, pos_i = pos_d[:, :p].contiguous(), pos_i[:, :p]
+    real = torch.arange(p, device=d.device) < num_pos[:, None]
 
-    if use_sparse:
-        last_d = pos_d.gather(1, (num_pos - 1)[:, None])
-        neg_before = _negatives_before_sparse(dist, qp, groups.gp, pos_d, pos_i, last_d)
-    else:
-        neg_before = _negatives_before_dense(dist, same, pos_d, pos_i)
+    below, at_or_below = kernels.positions(rows, reach, pos_d)
+    # The query's own same-pid items (positives and discarded ones) are no negatives;
+    # padding sorts last as +inf, so it only counts as equal to a positive at +inf.
+    same_sorted = torch.sort(torch.where(in_group, same_d, inf), dim=1).values
+    same_below = torch.searchsorted(same_sorted, pos_d, right=False)
+    same_equal = torch.searchsorted(same_sorted, pos_d, right=True) - same_below
+    same_equal -= torch.where(pos_d == inf, (~in_group).sum(1, keepdim=True), 0)
+    neg_before = below - same_below
+    tied = real & (at_or_below - below > same_equal)
+    if bool(tied.any()):
+        r, k = torch.nonzero(tied, as_tuple=True)
+        neg_before[r, k] += _tied_negatives_before(d, rows[r], pos_d[r, k], pos_i[r, k], qp[r], groups.gp)
 
-    k = torch.arange(1, p + 1, dtype=torch.float64)
+    k = torch.arange(1, p + 1, dtype=torch.float64, device=d.device)
     ranks = neg_before.double() + k
-    ap = torch.where(k <= num_pos[:, None], k / ranks, 0.0).sum(1) / num_pos
+    ap = torch.where(real, k / ranks, 0.0).sum(1) / num_pos
     inp = num_pos / ranks.gather(1, (num_pos - 1)[:, None]).squeeze(1)
-    return float(ap.sum()), float(inp.sum()), neg_before[:, 0] + 1
+    return ap.sum(), inp.sum(), neg_before[:, 0] + 1
 
 
-def _negatives_before_dense(
-    dist: torch.Tensor, same: torch.Tensor, pos_d: torch.Tensor, pos_i: torch.Tensor
-) -> torch.Tensor:
-    """Negatives ranked before each positive, from a pass over every gallery item.
-
-    ``before[r, g]`` = positives at or below item g's distance; items tied with a
-    positive are corrected by gallery index afterwards (rare for real features).
-    """
-    n, num_g = dist.shape
-    p = pos_d.shape[1]
-    before = _positives_at_or_below(dist, pos_d)
-    before.scatter_(1, same, p + 1)
-    ones = torch.ones((1, 1), dtype=torch.int64).expand(n, num_g)
-    hist = torch.zeros((n, p + 2), dtype=torch.int64).scatter_add_(1, before, ones)
-    # Bin m >= 1 holds items with p_m <= d < p_{m+1}; one ties with p_m iff the bin is
-    # not empty and its minimum is p_m.
-    low = torch.full((n, p + 2), float("inf"), dtype=dist.dtype)
-    low.scatter_reduce_(1, before, dist, "amin")
-    tied = (low[:, 1 : p + 1] == pos_d) & (hist[:, 1 : p + 1] > 0)
-    tied_rows = torch.nonzero(tied.any(1)).squeeze(1)
-    if tied_rows.numel():
-        sub_d, sub_b = dist[tied_rows], before[tied_rows]
-        in_bins = (sub_b >= 1) & (sub_b <= p)
-        at = pos_d[tied_rows].gather(1, (sub_b - 1).clamp_(0, p - 1))
-        rr, g = torch.nonzero(in_bins & (sub_d == at), as_tuple=True)
-        r = tied_rows[rr]
-        right = sub_b[rr, g]
-        left = torch.searchsorted(pos_d, pos_d, right=False)[r, right - 1]
-        exact = _tied_positives_before(pos_d, pos_i, r, left, g)
-        hist.index_put_((r, right), torch.full_like(r, -1), accumulate=True)
-        hist.index_put_((r, exact), torch.ones_like(r), accumulate=True)
-    return torch.cumsum(hist[:, :p], 1)
-
-
-def _positives_at_or_below(dist: torch.Tensor, pos_d: torch.Tensor) -> torch.Tensor:
-    """For every item, the number of sorted positive distances (row of ``pos_d``) <= it.
-
-    With few positives, broadcast comparisons against a group of positives at a time,
-    summed into a uint8 counter, beat a batched binary search (whose branches are
-    unpredictable); grouping keeps the number of kernel launches low, which matters when
-    the CPU is shared. With many positives the search wins.
-    """
-    p = pos_d.shape[1]
-    if p > _MAX_COMPARISON_PASSES:
-        return torch.searchsorted(pos_d, dist, right=True)
-    count = torch.zeros(dist.shape, dtype=torch.uint8)
-    for j in range(0, p, _COMPARISON_GROUP):
-        group = pos_d[:, j : j + _COMPARISON_GROUP, None]
-        count.add_((dist[:, None, :] >= group).sum(1, dtype=torch.uint8))
-    return count.long()
-
-
-def _negatives_before_sparse(
-    dist: torch.Tensor,
+def _tied_negatives_before(
+    d: torch.Tensor,
+    rows: torch.Tensor,
+    value: torch.Tensor,
+    index: torch.Tensor,
     qp: torch.Tensor,
     gp: torch.Tensor,
-    pos_d: torch.Tensor,
-    pos_i: torch.Tensor,
-    last_d: torch.Tensor,
 ) -> torch.Tensor:
-    """Negatives ranked before each positive, visiting only items up to the last positive.
+    """Negatives at exactly a positive's distance with a lower gallery index (rare)."""
+    columns = torch.arange(d.shape[1], device=d.device)
+    out = []
+    for part in torch.arange(rows.numel(), device=d.device).split(max(1, _block_rows(d.shape[1], None))):
+        ahead = (d[rows[part]] == value[part, None]) & (columns < index[part, None])
+        out.append((ahead & (gp != qp[part, None])).sum(1))
+    return torch.cat(out)
 
-    Cheaper than the dense pass when few items rank before a query's last positive.
+
+class _RowKernels:
+    """The two passes over the distance matrix's rows: counting, and ranking values in them.
+
+    On the CPU they run in numpy, ``threads`` workers on tasks of a few rows, while torch
+    runs on one thread (its ops here are small, and idle OpenMP workers spin, taking the
+    core the workers need when the machine is busy); on another device in torch.
     """
-    n, num_g = dist.shape
-    p = pos_d.shape[1]
-    flat = torch.nonzero((dist <= last_d).view(-1)).squeeze(1)
-    r = torch.div(flat, num_g, rounding_mode="floor")
-    g = flat - r * num_g
-    dv = torch.take(dist, flat)
-    row_d = pos_d.index_select(0, r)
-    below = torch.searchsorted(row_d, dv[:, None]).squeeze(1)
-    # An item equal to the next positive's distance is tied: order those by gallery index.
-    nxt = row_d.gather(1, below.clamp(max=p - 1)[:, None]).squeeze(1)
-    tied = torch.nonzero((below < p) & (nxt == dv)).squeeze(1)
-    if tied.numel():
-        below[tied] = _tied_positives_before(pos_d, pos_i, r[tied], below[tied], g[tied])
-    # Positives and same-camera items go to the spare bin p, which no positive reads.
-    below = torch.where(gp[g] != qp[r], below, p)
-    hist = torch.bincount(r * (p + 1) + below, minlength=n * (p + 1)).view(n, p + 1)
-    return torch.cumsum(hist[:, :p], 1)
+
+    def __init__(self, d: torch.Tensor, pool: ThreadPoolExecutor | None) -> None:
+        self.d = d
+        self.pool = pool
+        self.host = d.numpy() if _runs_in_numpy(d) else None
+
+    @classmethod
+    @contextlib.contextmanager
+    def for_distmat(cls, d: torch.Tensor) -> Iterator[_RowKernels]:
+        """Kernels for ``d``; on the CPU, torch is held to one thread while they live."""
+        if not _runs_in_numpy(d):
+            yield cls(d, None)
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            if threads > 1 and d.shape[0] > _ROWS_PER_TASK:
+                with ThreadPoolExecutor(threads, thread_name_prefix="evaluate_rank") as pool:
+                    yield cls(d, pool)
+            else:
+                yield cls(d, None)
+        finally:
+            torch.set_num_threads(threads)
+
+    def count_at_most(self, rows: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+        """Per row, the number of items with distance <= ``bound``; raises on NaN."""
+        if self.host is None:
+            block = self.d.index_select(0, rows)
+            _check_no_nan(block)
+            return (block <= bound[:, None]).sum(1)
+        host, rows_np, bound_np = self.host, rows.numpy(), bound.numpy()
+        counts = np.empty(rows_np.size, dtype=np.int64)
+
+        def task(lo: int, hi: int) -> None:
+            block = host[rows_np[lo:hi]]
+            _check_no_nan(block)
+            counts[lo:hi] = np.count_nonzero(block <= bound_np[lo:hi, None], axis=1)
+
+        self._run(task, rows_np.size)
+        return torch.from_numpy(counts)
+
+    def positions(
+        self, rows: torch.Tensor, reach: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row, how many of its items are < and <= each of its ``values``.
+
+        Exact for values up to the row's ``reach``-th smallest distance: only that many
+        of the smallest items of each row (the most over a task's rows) are selected (a
+        partition) and sorted.
+        """
+        if self.host is None:
+            prefix = torch.sort(self.d.index_select(0, rows), dim=1).values[:, : int(reach.max())].contiguous()
+            return torch.searchsorted(prefix, values), torch.searchsorted(prefix, values, right=True)
+        host, rows_np, reach_np = self.host, rows.numpy(), reach.numpy()
+        below = torch.empty(values.shape, dtype=torch.int64)
+        at_or_below = torch.empty(values.shape, dtype=torch.int64)
+
+        def task(lo: int, hi: int) -> None:
+            # Task-sized copies (a few MB) are reused by the allocator; one block-sized
+            # buffer would be mapped afresh and page-faulted on every block.
+            block = host[rows_np[lo:hi]]
+            length = int(reach_np[lo:hi].max())
+            if length > _FULL_SORT_FRACTION * block.shape[1]:
+                block.sort(axis=1)
+                prefix = block
+            else:
+                block.partition(length - 1, axis=1)
+                prefix = np.sort(block[:, :length], axis=1)
+            sorted_rows = torch.from_numpy(prefix)
+            torch.searchsorted(sorted_rows, values[lo:hi], out=below[lo:hi])
+            torch.searchsorted(sorted_rows, values[lo:hi], right=True, out=at_or_below[lo:hi])
+
+        self._run(task, rows_np.size)
+        return below, at_or_below
+
+    def _run(self, task: Callable[[int, int], None], num_rows: int) -> None:
+        bounds = [(lo, min(lo + _ROWS_PER_TASK, num_rows)) for lo in range(0, num_rows, _ROWS_PER_TASK)]
+        if self.pool is None or len(bounds) == 1:
+            for lo, hi in bounds:
+                task(lo, hi)
+            return
+        for future in [self.pool.submit(task, lo, hi) for lo, hi in bounds]:
+            future.result()
 
 
-def _tied_positives_before(
-    pos_d: torch.Tensor,
-    pos_i: torch.Tensor,
-    r: torch.Tensor,
-    left: torch.Tensor,
-    g: torch.Tensor,
-) -> torch.Tensor:
-    """Positives ranked before items that tie with a positive's distance.
+def _runs_in_numpy(d: torch.Tensor) -> bool:
+    """Whether the row passes run in numpy (CPU tensors) rather than torch (other devices)."""
+    return d.device.type == "cpu"
 
-    ``left`` counts each item's strictly closer positives, so its tie group starts at
-    ``left`` and runs while the distance stays equal; the group's gallery indices are
-    ascending, so it is scanned in lockstep until an index exceeds the item's own ``g``.
-    """
-    p = pos_i.shape[1]
-    value = pos_d[r, left]
-    exact = left.clone()
-    active = torch.ones_like(r, dtype=torch.bool)
-    while bool(active.any()):
-        j = exact.clamp(max=p - 1)
-        active &= (exact < p) & (pos_d[r, j] == value) & (pos_i[r, j] < g)
-        exact += active
-    return exact
+
+def _check_no_nan(block: np.ndarray | torch.Tensor) -> None:
+    # A sum is NaN if any entry is; only then (or on overflow) look element by element.
+    lib = np if isinstance(block, np.ndarray) else torch
+    if not bool(lib.isfinite(block.sum())) and bool(lib.isnan(block).any()):
+        raise ValueError("distmat contains NaN, so the ranking is undefined")

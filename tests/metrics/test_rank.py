@@ -47,18 +47,28 @@ def reference_eval(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
 
 
 PATHS = {
-    "sparse": {"_SPARSE_COST_RATIO": 0.0},
-    "dense-compare": {"_SPARSE_COST_RATIO": float("inf")},
-    "dense-searchsorted": {"_SPARSE_COST_RATIO": float("inf"), "_MAX_COMPARISON_PASSES": 0},
+    "partition": {"_FULL_SORT_FRACTION": float("inf")},
+    "full-sort": {"_FULL_SORT_FRACTION": 0.0},
+    "torch-kernels": {"_runs_in_numpy": lambda d: False},
+    "threads": {"_ROWS_PER_TASK": 1},
     "auto": {},
 }
 
 
 @pytest.fixture(params=list(PATHS))
 def path(request, monkeypatch):
-    """Run the test once per internal path (all must be exact) and once with the default routing."""
+    """Run the test once per internal path (all must be exact) and once with the default routing.
+
+    "partition" and "full-sort" force one way of building each row's sorted prefix,
+    "torch-kernels" runs the row passes in torch as on a GPU, "threads" spreads single
+    rows over two worker threads.
+    """
     for name, value in PATHS[request.param].items():
         monkeypatch.setattr(rank_module, name, value)
+    if request.param == "threads":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        request.addfinalizer(lambda: torch.set_num_threads(threads))
     return request.param
 
 
@@ -316,11 +326,44 @@ def test_nan_distance_raises(path):
         evaluate_rank(distmat, [1], [1, 2, 1], [0], [1, 1, 2], max_rank=3)
 
 
+def test_torch_thread_count_is_restored_after_the_threaded_path(monkeypatch):
+    monkeypatch.setattr(rank_module, "_ROWS_PER_TASK", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(5)
+        distmat, *labels = random_problem(rng, 20, 60, 6, 3, "continuous", np.float32)
+        result = evaluate_rank(distmat, *labels, max_rank=10)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert_matches_reference(result, reference_eval(distmat, *labels, max_rank=10))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_distmat_is_evaluated_on_the_device(monkeypatch):
+    rng = np.random.default_rng(11)
+    distmat, *labels = random_problem(rng, 40, 150, 12, 3, "integer", np.float32)
+    seen = []
+    positions = rank_module._RowKernels.positions
+
+    def spy(self, rows, reach, values):
+        seen.append((self.host is None, values.device.type))
+        return positions(self, rows, reach, values)
+
+    monkeypatch.setattr(rank_module._RowKernels, "positions", spy)
+    result = evaluate_rank(torch.from_numpy(distmat).cuda(), *labels, max_rank=10, chunk_size=7)
+    assert seen and set(seen) == {(True, "cuda")}  # the rows were ranked on the device, not copied to the host
+    assert_matches_reference(result, reference_eval(distmat, *labels, max_rank=10))
+
+
 def test_benchmark_runs_and_agrees_on_a_tiny_problem(capsys):
     from reid.metrics.benchmark import main
 
     main(["--num-query", "40", "--num-gallery", "300", "--num-ids", "20", "--dim", "32",
           "--repeats", "1", "--reference", "--reference-queries", "10", "--metric", "cosine"])
     out = capsys.readouterr().out
-    assert "(b) evaluate_rank" in out
-    assert "(OK)" in out
+    assert out.count("evaluation benchmark, noise") == 3
+    assert out.count("(OK)") == 3
+    summary = out[out.index("summary"):].splitlines()
+    assert [line.split()[:2] for line in summary[2:]] == [["0.5", "well"], ["2.25", "weak"], ["6", "untrained"]]
