@@ -32,13 +32,14 @@ def demo(session: nox.Session) -> None:
     session.run("python", "-m", "reid.train", "experiment=demo", *session.posargs)
 
 
-BENCHMARKS = {"eval": "reid.metrics.benchmark", "rerank": "reid.metrics.rerank_benchmark"}
+BENCHMARKS = {"eval": "reid.metrics.benchmark", "rerank": "reid.metrics.rerank_benchmark",
+              "train": "reid.engine.benchmark"}
 
 
 @nox.session
 def benchmark(session: nox.Session) -> None:
-    """Time Market-1501-scale evaluation (`-- eval`, the default) or re-ranking (`-- rerank`); later arguments
-    go to that benchmark."""
+    """Time Market-1501-scale evaluation (`-- eval`, the default), re-ranking (`-- rerank`) or the training loop
+    (`-- train`: loader, step and loop images/s); later arguments go to that benchmark."""
     session.install("-e", ".")
     args = list(session.posargs)
     name = args.pop(0) if args and args[0] in BENCHMARKS else "eval"

@@ -18,6 +18,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from reid.engine.precision import CHOICES as PRECISIONS
+from reid.engine.precision import effective_precision
 from reid.errors import ConfigError
 
 TARGET_GROUPS = ("dataset", "backbone", "head", "loss", "optimizer", "scheduler")
@@ -34,7 +36,10 @@ class TrainerConfig:
     patience: int = 30
     monitor: str = "mAP"
     device: str = "auto"
-    amp: bool = True
+    precision: str = "auto"
+    amp: Optional[bool] = None
+    channels_last: bool = True
+    compile: bool = False
     seed: int = 0
     deterministic: bool = False
     log_every: int = 20
@@ -212,6 +217,8 @@ def validate_targets(cfg: DictConfig, provided: dict[str, tuple[str, ...]] = PRO
                           "(decode once)")
     if cfg.data.cache_max_gb < 0:
         raise ConfigError(f"data.cache_max_gb={cfg.data.cache_max_gb}: expected a size in GB >= 0")
+    if effective_precision(cfg.trainer.precision, cfg.trainer.amp) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={cfg.trainer.precision!r}: expected one of {', '.join(PRECISIONS)}")
     if cfg.trainer.device not in ("auto", "cpu", "cuda") and not str(cfg.trainer.device).startswith("cuda:"):
         raise ConfigError(f"trainer.device={cfg.trainer.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
     for name in ("max_epochs", "eval_every", "log_every"):

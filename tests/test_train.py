@@ -157,14 +157,15 @@ def test_a_short_run_learns_far_beyond_an_untrained_model(compose_config, tmp_pa
     """The synthetic identities are learnable: a short run beats the untrained network by a wide margin."""
     from reid.engine.build import build_experiment
     from reid.engine.evaluator import Evaluator
+    from reid.engine.precision import Precision
     from reid.train import train
 
     cfg = compose_config("data.height=64", "data.width=32", "data.p=8", "data.k=4", "data.augment=false",
                          "data.num_workers=0", "optimizer.lr=1e-3", "scheduler=none", "trainer.max_epochs=8",
                          "trainer.eval_every=8")
     experiment = build_experiment(cfg)
-    untrained = Evaluator(experiment.loaders.test, experiment.loaders.num_query, experiment.device, amp=False,
-                          distance="euclidean")(experiment.model)["mAP"]
+    untrained = Evaluator(experiment.loaders.test, experiment.loaders.num_query, experiment.device,
+                          Precision("32", "cpu"), distance="euclidean")(experiment.model)["mAP"]
     trained = train(cfg, run_dir=tmp_path)
     print(f"untrained mAP {untrained:.3f} -> trained mAP {trained:.3f}")
     assert untrained < 0.12

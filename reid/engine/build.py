@@ -16,9 +16,11 @@ from reid.config import as_plain_dict
 from reid.data.loaders import Loaders, build_loaders
 from reid.data.records import ReidSplits
 from reid.engine import distributed
+from reid.engine.acceleration import build_optimizer, memory_format_for
 from reid.engine.evaluator import Evaluator, valid_monitors
 from reid.engine.hooks import Hook
 from reid.engine.objectives import LatencySettings, ObjectivesHook, check_objectives, objectives_record
+from reid.engine.precision import Precision, resolve_precision
 from reid.engine.record import RunRecord, RunRecordHook
 from reid.engine.stages import StageStart, UnfreezeAfter, stage_max_epochs
 from reid.engine.standard_hooks import CheckpointSaver, EarlyStopping, ProgressLogger
@@ -63,7 +65,8 @@ def check_monitor(monitor: str, splits: ReidSplits) -> None:
 
 @dataclass
 class Experiment:
-    """Everything built from a config, before any training step."""
+    """Everything built from a config, before any training step; `precision` and `memory_format` are how the
+    training step and feature extraction compute (trainer.precision, trainer.channels_last)."""
 
     splits: ReidSplits
     loaders: Loaders
@@ -72,10 +75,13 @@ class Experiment:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
+    precision: Precision
+    memory_format: torch.memory_format
 
 
 def build_experiment(cfg: DictConfig) -> Experiment:
     device = resolve_device(cfg.trainer.device)
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.amp, device)
     criterion = instantiate(cfg.loss)
     check_batch = getattr(criterion, "check_batch", None)
     if check_batch is not None:
@@ -96,12 +102,13 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         # The same parameters and buffers, so the state dict (and every checkpoint) keeps its keys.
         distributed.convert_sync_batchnorm(model)
     model.set_freeze_level(cfg.stage.freeze_level)
-    model.to(device)
+    memory_format = memory_format_for(model, cfg.trainer.channels_last)
+    model.to(device, memory_format=memory_format)
     log.info("model %s + %s on %s; %s", model.architecture["backbone"], model.architecture["head"].rsplit(".", 1)[-1],
              device, model.describe_freezing())
-    optimizer = instantiate(cfg.optimizer)(model.trainable_parameters())
+    optimizer = build_optimizer(instantiate(cfg.optimizer), model.trainable_parameters(), device)
     scheduler = instantiate(cfg.scheduler)(optimizer)
-    return Experiment(splits, loaders, model, criterion, optimizer, scheduler, device)
+    return Experiment(splits, loaders, model, criterion, optimizer, scheduler, device, precision, memory_format)
 
 
 def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overrides: list[str],
@@ -118,10 +125,12 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
     record = RunRecord(run_dir, config, dataset_info(experiment.splits), overrides=overrides)
     record.info.update(max_epochs=max_epochs, lineage=start.lineage)
     evaluator = Evaluator(experiment.loaders.test, experiment.loaders.num_query, experiment.device,
-                          amp=cfg.trainer.amp, distance=cfg.data.distance,
-                          classification=experiment.splits.closed_set,
+                          experiment.precision, distance=cfg.data.distance,
+                          classification=experiment.splits.closed_set, memory_format=experiment.memory_format,
                           batch_transform=experiment.loaders.test_transform)
     record.info["processes"] = distributed.world_size()
+    log.info("training step: trainer.precision=%s, channels_last=%s, trainer.compile=%s", experiment.precision.name,
+             experiment.memory_format == torch.channels_last, cfg.trainer.compile)
     # Rank 0 logs, writes and decides (early stopping, pruning; the loop broadcasts its decisions); every rank
     # runs the hooks that change what it trains.
     hooks: list[Hook] = []
@@ -135,8 +144,8 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         if cfg.trainer.objectives is not None:
             latency = LatencySettings(device=str(experiment.device), height=cfg.data.height, width=cfg.data.width,
                                       batch_size=cfg.data.test_batch_size, warmup=cfg.trainer.latency_warmup,
-                                      repeats=cfg.trainer.latency_repeats,
-                                      amp=bool(cfg.trainer.amp) and experiment.device.type == "cuda")
+                                      repeats=cfg.trainer.latency_repeats, precision=experiment.precision.name,
+                                      channels_last=experiment.memory_format == torch.channels_last)
             hooks.insert(-1, ObjectivesHook(cfg.trainer.objectives, run_dir, latency))
             record.info["objectives"] = objectives_record(cfg.trainer.objectives, latency)
         trial = current_trial()
@@ -159,8 +168,10 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         max_epochs=max_epochs,
         eval_every=cfg.trainer.eval_every,
         device=experiment.device,
-        amp=cfg.trainer.amp,
+        precision=experiment.precision,
         seed=cfg.trainer.seed,
+        memory_format=experiment.memory_format,
+        compile=cfg.trainer.compile,
         grad_clip=cfg.trainer.grad_clip,
         limit_train_batches=cfg.trainer.limit_train_batches,
         monitor=cfg.trainer.monitor,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from reid.engine.precision import Precision
 from reid.metrics import compute_distance_matrix, evaluate_rank
 
 RANKING_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
@@ -37,17 +38,20 @@ def _on_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool,
+def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, precision: Precision,
+                     memory_format: torch.memory_format = torch.contiguous_format,
                      batch_transform: BatchTransform = _on_device) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Embeddings (float32, on CPU), pids and camids of every image the loader yields, in order; each batch's
-    images reach the model through `batch_transform(images, device)` (the GPU pipeline normalizes there)."""
+    """Embeddings (float32, on CPU), pids and camids of every image the loader yields, in order; computed in the
+    training step's precision and memory format. Each batch's images reach the model through
+    `batch_transform(images, device)` (the GPU pipeline normalizes there)."""
     was_training = model.training
     model.eval()
     features, pids, camids = [], [], []
     try:
         for images, batch_pids, batch_camids, _ in loader:
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
-                embedding = model(batch_transform(images, device).to(device))
+            images = batch_transform(images, device).to(device, memory_format=memory_format, non_blocking=True)
+            with precision.autocast():
+                embedding = model(images)
             features.append(embedding.float().cpu())
             pids.append(batch_pids.numpy())
             camids.append(batch_camids.numpy())
@@ -84,12 +88,14 @@ class Evaluator:
     """Callable that scores a model: mAP, rank-1/5/10 and mINP; with `classification`, also the classifier's
     val_loss, val_top1 and val_top5 on the query + gallery images (whose pids must be training labels)."""
 
-    def __init__(self, loader: DataLoader, num_query: int, device: torch.device, amp: bool, distance: str,
-                 classification: bool = False, batch_transform: BatchTransform = _on_device) -> None:
+    def __init__(self, loader: DataLoader, num_query: int, device: torch.device, precision: Precision, distance: str,
+                 classification: bool = False, memory_format: torch.memory_format = torch.contiguous_format,
+                 batch_transform: BatchTransform = _on_device) -> None:
         self.loader = loader
         self.num_query = num_query
         self.device = device
-        self.amp = amp
+        self.precision = precision
+        self.memory_format = memory_format
         self.distance = distance
         self.classification = classification
         self.batch_transform = batch_transform
@@ -99,7 +105,8 @@ class Evaluator:
         return valid_monitors(self.classification)
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        features, pids, camids = extract_features(model, self.loader, self.device, self.amp, self.batch_transform)
+        features, pids, camids = extract_features(model, self.loader, self.device, self.precision,
+                                                  self.memory_format, self.batch_transform)
         q = self.num_query
         distances = compute_distance_matrix(features[:q], features[q:], metric=self.distance)
         result = evaluate_rank(distances, pids[:q], pids[q:], camids[:q], camids[q:], max_rank=10)

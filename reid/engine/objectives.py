@@ -24,6 +24,7 @@ from torch import nn
 from reid.checkpoint import BEST_MODEL, load_model_file
 from reid.engine.evaluator import valid_monitors
 from reid.engine.hooks import Hook
+from reid.engine.precision import resolve_precision
 from reid.engine.stopping import COMPLETED, EARLY_STOPPING
 from reid.errors import ConfigError
 
@@ -64,7 +65,8 @@ def check_objectives(objectives: Sequence[str] | None, classification: bool, dat
 
 @dataclass
 class LatencySettings:
-    """How latency is measured; recorded beside the figures, since they mean nothing without it."""
+    """How latency is measured; recorded beside the figures, since they mean nothing without it. `precision` and
+    `channels_last` are the run's (trainer.precision resolved for the device, trainer.channels_last applied)."""
 
     device: str
     height: int
@@ -72,7 +74,8 @@ class LatencySettings:
     batch_size: int
     warmup: int
     repeats: int
-    amp: bool
+    precision: str
+    channels_last: bool
 
 
 def embedding_parameters(model: nn.Module) -> int:
@@ -89,12 +92,15 @@ def latency_per_image(model: nn.Module, settings: LatencySettings, batch_size: i
     On CUDA each timed forward is synchronized, so the figure is the kernels' time, not the launch time.
     """
     device = torch.device(settings.device)
+    precision = resolve_precision(settings.precision, None, device)
     images = torch.randn(batch_size, 3, settings.height, settings.width, device=device)
+    if settings.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     was_training = model.training
     model.eval()
 
     def forward() -> None:
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=settings.amp):
+        with precision.autocast():
             model(images)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -102,8 +102,8 @@ def recommendation(stop: StopReason, info: dict[str, Any]) -> str:
                 "gradients (trainer.grad_clip=5.0); AMP overflow can also cause it. best_model.pth from before "
                 "the divergence is kept.")
     if stop.kind == OUT_OF_MEMORY:
-        return ("Use a smaller batch (data.p / data.k), enable AMP on CUDA (trainer.amp=true), or a smaller input "
-                "size (data.height / data.width).")
+        return ("Use a smaller batch (data.p / data.k), mixed precision (AMP) on CUDA (trainer.precision=bf16-mixed "
+                "or 16-mixed), or a smaller input size (data.height / data.width).")
     if stop.kind == INTERRUPTED:
         return ("The run was stopped; its checkpoint is saved. Resume it exactly where it stopped with:\n"
                 f"  {resume_command(info)}")
@@ -188,6 +188,7 @@ class RunRecord:
             epochs_trained=state.epoch,
             global_step=state.global_step,
         )
+        self.info["training_step"] = trainer.step_settings()
         if "objectives" in self.info:
             self.info["objectives"]["values"] = state.objectives
         self.info["timings"].update(

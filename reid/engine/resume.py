@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from reid.checkpoint import LAST_CHECKPOINT
 from reid.config import ReidConfig, flatten_config
 from reid.engine import distributed
+from reid.engine.precision import fold_amp_alias
 from reid.engine.record import read_model_info
 from reid.engine.run_lock import acquire
 from reid.engine.stopping import PRUNED
@@ -132,9 +133,10 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     """Keys whose values differ between the checkpoint's config and the current one: {key: {old, new}}.
 
     A key the checkpoint's config lacks is no change while it holds its schema default: it was added to reid after
-    the checkpoint was written (e.g. `trainer.monitor`), and that default is how the old run behaved.
+    the checkpoint was written (e.g. `trainer.monitor`), and that default is how the old run behaved. The older
+    `trainer.amp` switch is compared as the `trainer.precision` it stands for.
     """
-    old, new = flatten_config(saved), flatten_config(current)
+    old, new = fold_amp_alias(flatten_config(saved)), fold_amp_alias(flatten_config(current))
     defaults = schema_defaults()
     for key in set(new) - set(old):
         if key in defaults and defaults[key] == new[key]:

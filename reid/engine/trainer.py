@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from reid.engine import distributed
+from reid.engine.acceleration import is_compilation_failure, log_compilation_failure
 from reid.engine.hooks import EpochResult, Hook, HookList, StepInfo
+from reid.engine.precision import Precision
 from reid.engine.stopping import STOP_SIGNALS, RunInterrupted, StopReason, TrainingDiverged, reason_for_exception
 from reid.utils.seed import capture_rng_state, restore_rng_state, seed_everything
 
@@ -76,8 +78,10 @@ class Trainer:
         max_epochs: int,
         eval_every: int,
         device: torch.device,
-        amp: bool,
+        precision: Precision,
         seed: int,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        compile: bool = False,
         grad_clip: float | None = None,
         limit_train_batches: int | None = None,
         monitor: str = "mAP",
@@ -93,13 +97,17 @@ class Trainer:
         self.max_epochs = max_epochs
         self.eval_every = eval_every
         self.device = device
-        self.amp = amp and device.type == "cuda"
+        self.precision = precision
+        self.memory_format = memory_format
         self.seed = seed
         self.grad_clip = grad_clip
         self.limit_train_batches = limit_train_batches
         # What the loader's batches go through on the device before the step (the GPU pipeline's augmentations).
         self.batch_transform = batch_transform or (lambda images, device: images)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = precision.grad_scaler()
+        # trainer.compile: whether the step runs the compiled replica; a failed compilation turns it off for good.
+        self.compile = compile
+        self.compile_failure: str | None = None
         self.state = TrainState(monitor=monitor)
         self.progress: EpochProgress | None = None
         self.stop_signal: int | None = None
@@ -109,8 +117,31 @@ class Trainer:
     @property
     def replica(self) -> nn.Module:
         if self._replica is None:
-            self._replica = distributed.replicate(self.model)
+            replica = distributed.replicate(self.model)
+            if self.compile:
+                try:
+                    replica = torch.compile(replica)
+                except Exception as exc:  # noqa: BLE001 - any refusal means: train uncompiled
+                    self.compile, self.compile_failure = False, log_compilation_failure(exc)
+            self._replica = replica
         return self._replica
+
+    def step_settings(self) -> dict[str, Any]:
+        """How the training step computes, for the run record (the compile entry says what really happened)."""
+        if self.compile_failure is not None:
+            compiled = f"failed, running uncompiled: {self.compile_failure}"
+        else:
+            compiled = "on" if self.compile else "off"
+        dtype = self.precision.autocast_dtype
+        return {
+            "precision": self.precision.name,
+            "autocast_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+            "grad_scaler": self.precision.scales_gradients,
+            "channels_last": self.memory_format == torch.channels_last,
+            "compile": compiled,
+            "optimizer_step": next((flag for flag in ("fused", "foreach")
+                                    if self.optimizer.param_groups[0].get(flag)), "default"),
+        }
 
     @property
     def batch_size(self) -> int:
@@ -200,10 +231,25 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, pids: torch.Tensor, epoch: int,
                    step: int) -> tuple[dict[str, float], int]:
-        """One optimizer step on the global batch; returns its loss figures and correct count (of all ranks)."""
-        images = images.to(self.device, non_blocking=True)
+        """One optimizer step on the global batch; returns its loss figures and correct count (of all ranks).
+
+        With trainer.compile, a compilation error (at the first step, or at a later recompilation) is logged and
+        the step runs again uncompiled; the run goes on uncompiled.
+        """
+        images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
         pids = pids.to(self.device, non_blocking=True)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+        try:
+            return self._optimize(images, pids, epoch, step)
+        except Exception as exc:
+            if not (self.compile and is_compilation_failure(exc)):
+                raise
+            self.compile, self.compile_failure, self._replica = False, log_compilation_failure(exc), None
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._optimize(images, pids, epoch, step)
+
+    def _optimize(self, images: torch.Tensor, pids: torch.Tensor, epoch: int,
+                  step: int) -> tuple[dict[str, float], int]:
+        with self.precision.autocast():
             output = self.replica(images, pids)
             # Every rank computes the loss of the whole global batch (batch-hard mining sees all of it); the
             # gather's backward and DDP's average then give exactly that loss's gradient.
@@ -312,7 +358,9 @@ class Trainer:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"] or not self.scaler.is_enabled():
+            # An empty state comes from a disabled scaler (float32, bf16): a 16-mixed resume starts a new scale.
+            self.scaler.load_state_dict(checkpoint["scaler"])
         self.state = TrainState(
             epoch=checkpoint["epoch"],
             global_step=checkpoint["global_step"],

@@ -30,7 +30,7 @@ def test_a_run_returns_and_records_its_objectives_in_order(compose_config, tmp_p
     assert record["directions"] == {"mAP": "maximize", "rank1": "maximize", "params_m": "minimize",
                                     "latency_ms": "minimize", "latency_ms_batch": "minimize"}
     assert record["latency"] == {"device": "cpu", "height": 64, "width": 32, "batch_size": 16, "warmup": 1,
-                                 "repeats": 3, "amp": False}
+                                 "repeats": 3, "precision": "32", "channels_last": True}
     assert isinstance(values, tuple) and list(values) == [record["values"][name] for name in ALL]
     assert values[0] == info["best_metrics"]["mAP"] and values[1] == info["best_metrics"]["rank1"]
     model = build_model(cfg.backbone, cfg.head, num_classes=info["num_classes"])
@@ -82,7 +82,8 @@ class Counting(nn.Module):
 
 def test_latency_warms_up_then_times_eval_forwards_and_restores_training_mode():
     model = Counting().train()
-    settings = LatencySettings(device="cpu", height=6, width=3, batch_size=5, warmup=2, repeats=3, amp=False)
+    settings = LatencySettings(device="cpu", height=6, width=3, batch_size=5, warmup=2, repeats=3,
+                               precision="32", channels_last=False)
     per_image = latency_per_image(model, settings, batch_size=5)
     assert per_image > 0 and model.training
     assert model.calls == [(False, False, (5, 3, 6, 3))] * 5

@@ -27,7 +27,7 @@ def test_non_dominated_respects_each_direction_and_keeps_equal_points():
 def _objectives(map_value: float, latency: float) -> dict:
     return {"names": ["mAP", "latency_ms"], "directions": DIRECTIONS,
             "latency": {"device": "cpu", "height": 64, "width": 32, "batch_size": 64, "warmup": 1, "repeats": 3,
-                        "amp": False},
+                        "precision": "32", "channels_last": True},
             "values": {"mAP": map_value, "latency_ms": latency}}
 
 
