@@ -67,23 +67,27 @@ def test_two_workers_ride_out_a_server_restart(tmp_path: Path, postgres_url: str
     if not ctl:
         pytest.skip(f"{CTL_VARIABLE} is not set: the test cannot restart the server (.ci/run sets it)")
     study_name = f"pg-restart-{uuid.uuid4().hex[:8]}"
-    args = [f"hydra.sweeper.storage={postgres_url}", f"hydra.sweeper.study_name={study_name}", "seconds=1.0",
-            "long_seconds=1.0", "steps=4", "hydra.sweeper.n_trials=6"]
+    args = [f"hydra.sweeper.storage={postgres_url}", f"hydra.sweeper.study_name={study_name}", "seconds=3.0",
+            "long_seconds=3.0", "steps=4", "hydra.sweeper.n_trials=6"]
     log = (tmp_path / "sweep.log").open("w")  # a file, not a pipe, which nobody reads while the test waits
     sweep = subprocess.Popen([sys.executable, "-Werror", str(SLEEPER), "--multirun", *args,
                               f"hydra.sweep.dir={tmp_path}"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
         study = None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and sweep.poll() is None:
+        reporting = None
+        deadline = time.monotonic() + 90
+        # Restart once a trial has finished and another is reporting, mid-way through its steps.
+        while time.monotonic() < deadline and sweep.poll() is None and reporting is None:
             try:
                 study = study or load(postgres_url, study_name)
-                if sum(t.state == TrialState.COMPLETE for t in study.get_trials()) >= 2:
-                    break
+                trials = study.get_trials()
+                if any(t.state == TrialState.COMPLETE for t in trials):
+                    reporting = next((t.number for t in trials if t.state == TrialState.RUNNING
+                                      and len(t.intermediate_values) in (1, 2)), None)
             except KeyError:
                 pass
-            time.sleep(0.1)
-        assert sweep.poll() is None, "the sweep ended before the server could be restarted"
+            time.sleep(0.05)
+        assert sweep.poll() is None and reporting is not None, "no trial was reporting before the sweep ended"
         restart = datetime.datetime.now()
         subprocess.run([*shlex.split(ctl), "restart", "-m", "fast", "-w"], check=True, capture_output=True,
                        timeout=60)
@@ -97,5 +101,5 @@ def test_two_workers_ride_out_a_server_restart(tmp_path: Path, postgres_url: str
     assert len(trials) == 6
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert all(t.intermediate_values == {step: t.value * step for step in range(1, 5)} for t in trials)
-    # Some trial was training (and reporting) while the server went down.
-    assert any(t.datetime_start < restart < t.datetime_complete for t in trials)
+    # The trial that was reporting when the server went down finished with every report kept.
+    assert trials[reporting].datetime_start < restart < trials[reporting].datetime_complete
