@@ -13,9 +13,19 @@ nox.options.default_venv_backend = "venv"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Install the project with its test extras and run pytest (extra arguments go to pytest)."""
+    """Install the project with its test extras and run the suite but its multi-process end-to-end tests (extra
+    arguments go to pytest instead of that selection)."""
     session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", *(session.posargs or ["-m", "not multiprocess"]))
+
+
+@nox.session
+def multiprocess(session: nox.Session) -> None:
+    """The end-to-end tests that start several cooperating processes: DDP ranks, torchrun trials, sweep workers,
+    a PostgreSQL restart, a preempted job. Each spends most of its time starting Python processes on the 2 cores,
+    so together they would push `nox -s tests` past its 10-minute budget; CI runs both sessions."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-m", "multiprocess", *session.posargs)
 
 
 @nox.session

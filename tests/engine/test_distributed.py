@@ -12,6 +12,9 @@ from conftest import only_run_dir, run_train, train_env
 
 from reid.engine.distributed import torchrun_command
 
+# Several cooperating processes: run by `nox -s multiprocess` (docs in noxfile.py).
+pytestmark = pytest.mark.multiprocess
+
 # Augmentation off: each process draws its own augmentations, so only the un-augmented runs match step by step.
 # data.p=2 x data.k=4 is the global batch (4 images per process), four steps an epoch.
 RUN = ["experiment=smoke", "trainer.device=cpu", "trainer.deterministic=true", "data.augment=false", "data.p=2",

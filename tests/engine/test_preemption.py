@@ -44,6 +44,7 @@ def link_to_trial(monkeypatch: pytest.MonkeyPatch, storage: Path) -> None:
         monkeypatch.setenv(name, value)
 
 
+@pytest.mark.multiprocess
 def test_a_trial_job_stopped_by_sigusr2_continues_in_its_directory_and_trial(tmp_path, data_dir, compose_config,
                                                                              running_trial, monkeypatch):
     assert train(compose_config(*RUN), run_dir=tmp_path / "uninterrupted") > 0

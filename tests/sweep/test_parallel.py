@@ -6,9 +6,13 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import train_env
 from optuna.trial import TrialState
 from sweep_helpers import TINY, load, sweep_command
+
+# Several cooperating processes: run by `nox -s multiprocess` (docs in noxfile.py).
+pytestmark = pytest.mark.multiprocess
 
 PLATEAU = {"higher_lr", "cosine_annealing", "heavy_triplet", "aggressive_lr_drop", "smaller_batch_higher_lr"}
 

@@ -19,6 +19,9 @@ import pytest
 from optuna.trial import TrialState
 from sweep_helpers import TINY, load, run_sweep
 
+# Several cooperating processes: run by `nox -s multiprocess` (docs in noxfile.py).
+pytestmark = pytest.mark.multiprocess
+
 SLEEPER = Path(__file__).resolve().parent / "apps" / "sleeper.py"
 
 URL_VARIABLE = "REID_TEST_POSTGRES_URL"

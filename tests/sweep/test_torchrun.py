@@ -103,6 +103,7 @@ def allreduce_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, sub
     return sweep_dir, run_allreduce([], sweep_dir)
 
 
+@pytest.mark.multiprocess
 def test_each_trial_runs_on_two_processes_and_the_study_gets_rank_0s_value(
         allreduce_sweep: tuple[Path, subprocess.CompletedProcess]) -> None:
     sweep_dir, result = allreduce_sweep
@@ -125,6 +126,7 @@ def test_each_trial_runs_on_two_processes_and_the_study_gets_rank_0s_value(
     assert json.loads((sweep_dir / "trial_0001" / RETURN_FILE).read_text()) == {"status": "completed", "value": 2.0}
 
 
+@pytest.mark.multiprocess
 def test_a_torchrun_job_without_a_return_value_is_a_failed_trial_with_its_status_and_output(tmp_path: Path) -> None:
     result = run_allreduce(["x=1", "fail_rank=1"], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -139,6 +141,7 @@ def test_a_torchrun_job_without_a_return_value_is_a_failed_trial_with_its_status
     assert not (tmp_path / "trial_0000" / RETURN_FILE).exists()
 
 
+@pytest.mark.multiprocess
 def test_a_reid_trial_on_two_processes_reports_each_epoch_and_stops_both_when_pruned(tmp_path: Path,
                                                                                       data_dir: Path) -> None:
     """A finished trial with a mAP no run reaches sits in the study, so the median pruner stops the trial at epoch 2

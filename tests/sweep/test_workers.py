@@ -77,6 +77,7 @@ def async_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproc
     return sweep_dir, run_sleeper([], sweep_dir)
 
 
+@pytest.mark.multiprocess
 def test_two_workers_split_the_study_with_no_barrier(async_sweep: tuple[Path, subprocess.CompletedProcess]) -> None:
     sweep_dir, result = async_sweep
     assert result.returncode == 0, result.stderr[-3000:]
@@ -118,6 +119,7 @@ def test_busy_fractions_count_each_workers_trials_until_the_last_start() -> None
     assert busy_fractions(trials) == {"worker 0 h:0": pytest.approx(7 / 7.5), "worker 1 h:1": pytest.approx(5.5 / 7.5)}
 
 
+@pytest.mark.multiprocess
 def test_submitit_local_runs_the_workers_as_its_jobs(tmp_path: Path) -> None:
     result = run_sleeper(["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "long_seconds=0.1",
                           "hydra.sweeper.n_trials=4"], tmp_path, timeout=180)
