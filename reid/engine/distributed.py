@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -74,15 +73,6 @@ def init_from_env() -> None:
     if not is_main():
         # Only rank 0 reports progress; the others speak up for warnings and errors.
         logging.getLogger("reid").setLevel(logging.WARNING)
-
-
-def torchrun_command(processes: int, train_args: list[str]) -> list[str]:
-    """The command that trains one run of `python -m reid.train <train_args>` on `processes` processes (one per
-    GPU) of this machine; `--standalone` gives each run its own rendezvous port, so runs side by side never meet."""
-    if processes < 1:
-        raise ConfigError(f"processes={processes}: expected at least 1 process per run")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", "reid.train", *train_args]
 
 
 def shutdown() -> None:

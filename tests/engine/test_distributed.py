@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import only_run_dir, run_train, train_env
-
-from reid.engine.distributed import torchrun_command
 
 # Several cooperating processes: run by `nox -s multiprocess` (docs in noxfile.py).
 pytestmark = pytest.mark.multiprocess
@@ -33,7 +32,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, 
     several.mkdir()
     one = run_train([*RUN, f"+loss.record_to={single / 'loss'}"], cwd=single, data_dir=data_dir)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(torchrun_command(2, [*RUN, "trainer.sync_bn=true", f"+loss.record_to={several / 'loss'}"]),
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "reid.train"]
+    two = subprocess.run([*torchrun, *RUN, "trainer.sync_bn=true", f"+loss.record_to={several / 'loss'}"],
                          cwd=several, env=train_env(data_dir), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     return {"single": single, "several": several}
