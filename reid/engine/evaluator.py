@@ -37,13 +37,23 @@ def _on_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True)
 
 
+def embed(model: nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """The eval-mode embedding of a batch; with `flip`, the mean of the image's and its mirror image's embedding
+    (horizontal-flip test-time augmentation)."""
+    embedding = model(images)
+    if flip:
+        embedding = (embedding + model(images.flip(-1))) / 2
+    return embedding
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, precision: Precision,
                      memory_format: torch.memory_format = torch.contiguous_format,
-                     batch_transform: BatchTransform = _on_device) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+                     batch_transform: BatchTransform = _on_device,
+                     flip: bool = False) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Embeddings (float32, on CPU), pids and camids of every image the loader yields, in order; computed in the
     training step's precision and memory format. Each batch's images reach the model through
-    `batch_transform(images, device)` (the GPU pipeline normalizes there)."""
+    `batch_transform(images, device)` (the GPU pipeline normalizes there); `flip` is flip test-time augmentation."""
     was_training = model.training
     model.eval()
     features, pids, camids = [], [], []
@@ -51,7 +61,7 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
         for images, batch_pids, batch_camids, _ in loader:
             images = batch_transform(images, device).to(device, memory_format=memory_format, non_blocking=True)
             with precision.autocast():
-                embedding = model(images)
+                embedding = embed(model, images, flip)
             features.append(embedding.float().cpu())
             pids.append(batch_pids.numpy())
             camids.append(batch_camids.numpy())
