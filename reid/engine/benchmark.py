@@ -1,14 +1,16 @@
 """Images per second of the training loop, and of its two halves alone (`nox -s benchmark -- train`).
 
     python -m reid.engine.benchmark [--backbones resnet18,resnet50,clip_vit_b16] [--precisions 32,bf16-mixed]
-                                    [--channels-last on,off] [--compile off] [--p 16 --k 4] [--workers 2]
+                                    [--channels-last on,off] [--compile off] [--pipelines cpu,gpu]
+                                    [--p 16 --k 4] [--workers 2]
                                     [--steps 10 --warmup 2] [--device auto]
 
 For every combination of backbone, precision and pipeline option it builds the run the way `reid.train` does
 (the real configs, composed by Hydra, at 256x128 from Market-1501-sized 128x64 synthetic images) and measures:
 
-- **loader**: the train DataLoader alone (decode, augmentation, collation in `data.num_workers` workers);
-- **step**: `Trainer.train_step` alone on batches already on the device, in the step's memory format;
+- **loader**: the train DataLoader alone (decode, augmentation, collation in `data.num_workers` workers), and with
+  `data.pipeline=gpu` the batch augmentation on the device that the loop applies to each batch;
+- **step**: `Trainer.train_step` alone on batches already on the device (augmented), in the step's memory format;
 - **loop**: `Trainer.run_epoch`, the real loop with its hooks, loader and step together.
 
 Each figure is steady-state: images of the `--steps` batches after `--warmup` batches, over the time between the
@@ -80,10 +82,14 @@ class StepClock(Hook):
 def measure(trainer: Trainer, warmup: int, steps: int) -> Figures:
     total = warmup + steps
     batch = trainer.batch_size
-    loader = steady_rate(clocked(iter(trainer.train_loader), total), warmup, batch)
+    def augmented() -> Iterable[tuple]:
+        for images, *rest in trainer.train_loader:
+            yield trainer.batch_transform(images, trainer.device), *rest
+
+    loader = steady_rate(clocked(augmented(), total), warmup, batch)
 
     resident = [(images.to(trainer.device, memory_format=trainer.memory_format), pids.to(trainer.device))
-                for images, pids, _, _ in itertools.islice(iter(trainer.train_loader), 2)]
+                for images, pids, *_ in itertools.islice(augmented(), 2)]
     trainer.model.train()
 
     def steps_on_device() -> Iterable[None]:
@@ -129,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="trainer.precision values (default: 32,bf16-mixed on CPU, 32,16-mixed,bf16-mixed on CUDA)")
     parser.add_argument("--channels-last", default="on", help="on, off or on,off")
     parser.add_argument("--compile", default="off", help="on, off or on,off")
+    parser.add_argument("--pipelines", default=None,
+                        help="data.pipeline values (default: cpu on CPU, cpu,gpu on CUDA)")
     parser.add_argument("--p", type=int, default=16)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
@@ -145,27 +153,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--warmup and --steps must be at least 1")
     cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     precisions = (args.precisions or ("32,16-mixed,bf16-mixed" if cuda else "32,bf16-mixed")).split(",")
+    pipelines = (args.pipelines or ("cpu,gpu" if cuda else "cpu")).split(",")
     switches = {"on": "true", "off": "false"}
     register_configs()
     print(machine())
     print(f"batch {args.p}x{args.k} at {args.height}x{args.width}, {args.workers} workers, "
           f"{args.warmup} warm-up + {args.steps} timed batches; images/s")
-    print(f"{'backbone':<14}{'precision':<12}{'ch_last':<9}{'compile':<9}{'loader':>9}{'step':>9}{'loop':>9}"
-          f"{'overhead':>10}{'loader/step':>13}")
+    print(f"{'backbone':<14}{'precision':<12}{'ch_last':<9}{'compile':<9}{'pipeline':<9}{'loader':>9}{'step':>9}"
+          f"{'loop':>9}{'overhead':>10}{'loader/step':>13}")
     with tempfile.TemporaryDirectory() as scratch:
-        for backbone, precision, channels_last, compiled in itertools.product(
-                args.backbones.split(","), precisions, args.channels_last.split(","), args.compile.split(",")):
+        for backbone, precision, channels_last, compiled, pipeline in itertools.product(
+                args.backbones.split(","), precisions, args.channels_last.split(","), args.compile.split(","),
+                pipelines):
             overrides = [f"data_dir={args.data_dir}", *DATASET, f"dataset.num_train_ids={args.train_ids}",
                          f"backbone={backbone}",
                          f"trainer.precision={precision}", f"trainer.channels_last={switches[channels_last]}",
                          f"trainer.compile={switches[compiled]}", f"trainer.device={args.device}",
+                         f"data.pipeline={pipeline}",
                          f"data.p={args.p}", f"data.k={args.k}", f"data.num_workers={args.workers}",
                          f"data.height={args.height}", f"data.width={args.width}", "trainer.max_epochs=1000",
                          "trainer.eval_every=1000", "trainer.log_every=1000000"]
-            trainer = build(overrides, Path(scratch) / f"{backbone}-{precision}-{channels_last}-{compiled}")
+            trainer = build(overrides, Path(scratch) / f"{backbone}-{precision}-{channels_last}-{compiled}-{pipeline}")
             figures = measure(trainer, args.warmup, args.steps)
             print(f"{backbone:<14}{precision:<12}{channels_last:<9}{trainer.step_settings()['compile'][:8]:<9}"
-                  f"{figures.loader:>9.1f}{figures.step:>9.1f}{figures.loop:>9.1f}{figures.overhead:>9.1%}"
+                  f"{pipeline:<9}{figures.loader:>9.1f}{figures.step:>9.1f}{figures.loop:>9.1f}{figures.overhead:>9.1%}"
                   f"{figures.loader / figures.step:>12.2f}x", flush=True)
             del trainer
     print(f"after: load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
