@@ -144,11 +144,12 @@ def load_model_file(path: str | Path, model: torch.nn.Module, architecture: dict
     if isinstance(payload, dict) and payload.get("format") in (MODEL_FORMAT, TRAINING_FORMAT):
         check_architecture(architecture, payload.get("architecture"), path)
     state = extract_state_dict(payload, path)
-    _load_exact(model, state, path)
+    load_exact_state(model, state, path)
     return payload.get("meta", {}) if isinstance(payload, dict) else {}
 
 
-def _load_exact(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+def load_exact_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load `state` into `model`, refusing (naming the first offending key) any missing, extra or reshaped tensor."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -13,7 +13,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from reid.checkpoint import BEST_MODEL, FINAL_MODEL, MODEL_FORMAT, load_model_file, safe_load
+from reid.checkpoint import (
+    BEST_MODEL,
+    FINAL_MODEL,
+    MODEL_FORMAT,
+    check_architecture,
+    extract_state_dict,
+    load_exact_state,
+    safe_load,
+)
 from reid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from reid.errors import CheckpointError
 from reid.models.build import build_model
@@ -75,10 +83,9 @@ def _without_download(backbone_cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def load_trained_model(spec: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild the model a reid model file was saved from, load its weights (checked) and put it in eval mode."""
-    path = resolve_model_path(spec)
-    payload = safe_load(path)
+def trained_model_from_payload(payload: Any, path: str | Path) -> TrainedModel:
+    """Rebuild the model of a loaded model file (`torch.load(..., weights_only=True)`) and load its weights."""
+    path = Path(path)
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise CheckpointError(
             f"{path} is not a reid model file (format {MODEL_FORMAT!r}); expected a run's {BEST_MODEL} or "
@@ -96,6 +103,14 @@ def load_trained_model(spec: str | Path, device: str | torch.device = "cpu") -> 
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot rebuild its model {architecture.get('backbone')!r} + "
                               f"{architecture.get('head')!r}: {type(exc).__name__}: {exc}") from exc
-    load_model_file(path, model, model.architecture)
-    model.to(device).eval()
-    return TrainedModel(model=model, config=config, path=path, meta=meta)
+    check_architecture(model.architecture, architecture, path)
+    load_exact_state(model, extract_state_dict(payload, path), path)
+    return TrainedModel(model=model.eval(), config=config, path=path, meta=meta)
+
+
+def load_trained_model(spec: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild the model a reid model file was saved from, load its weights (checked) and put it in eval mode."""
+    path = resolve_model_path(spec)
+    trained = trained_model_from_payload(safe_load(path), path)
+    trained.model.to(device)
+    return trained

@@ -595,22 +595,10 @@ def model_from_payload(payload: dict[str, Any]) -> tuple[Any, Any]:
     """Rebuild the model of a `best_model.pth` payload (already loaded with `weights_only=True`) for inference.
 
     Returns `(model, transform)`: the model in eval mode, whose forward gives embeddings, and the test-time
-    transform that turns a PIL image into its input tensor. Pretrained-weight downloads are switched off: the
-    file's own weights replace every tensor anyway.
+    transform that turns a PIL image into its input tensor (see `reid.models.loading`, which does the rebuilding).
     """
-    from omegaconf import OmegaConf
-
     from reid.data.transforms import eval_transform
-    from reid.models import build_model
+    from reid.models.loading import trained_model_from_payload
 
-    if not isinstance(payload, dict) or not {"state_dict", "architecture", "meta"} <= set(payload):
-        raise SelectionError("expected the contents of a reid best_model.pth (keys state_dict, architecture, meta)")
-    cfg = OmegaConf.create(payload["meta"]["config"])
-    if "pretrained" in cfg.backbone:
-        cfg.backbone.pretrained = False
-    if "weights" in cfg.backbone:
-        cfg.backbone.weights = None
-    model = build_model(cfg.backbone, cfg.head, num_classes=payload["architecture"]["num_classes"])
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    return model, eval_transform(cfg.data.height, cfg.data.width)
+    trained = trained_model_from_payload(payload, "the given payload")
+    return trained.model, eval_transform(trained.height, trained.width, trained.mean, trained.std)
