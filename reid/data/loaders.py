@@ -75,6 +75,8 @@ def build_loaders(splits: ReidSplits, data: DictConfig, seed: int, device: torch
     test_images = decoded_images(data.cache, [r.path for r in evaluated], data.height, data.width, left_gb,
                                  workers, "query+gallery", splits.root)
     on_device = pipeline == "gpu"
+    # Page-locked batches only help (and only cost) when they are copied to a CUDA device.
+    pin_memory = device is not None and device.type == "cuda"
     log.info("input pipeline: %s (data.pipeline=%s), data.cache=%s: %d of %d train and %d of %d query+gallery images "
              "cached", pipeline, data.pipeline, data.cache, train_images.cached, len(train_images), test_images.cached,
              len(test_images))
@@ -86,7 +88,7 @@ def build_loaders(splits: ReidSplits, data: DictConfig, seed: int, device: torch
         sampler=sampler,
         drop_last=True,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         worker_init_fn=_seed_worker if workers else None,
         persistent_workers=False,
     )
@@ -95,7 +97,7 @@ def build_loaders(splits: ReidSplits, data: DictConfig, seed: int, device: torch
         batch_size=data.test_batch_size,
         shuffle=False,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
     )
     if not on_device:
         return Loaders(train=train, test=test, num_query=len(splits.query), pipeline=pipeline)

@@ -38,6 +38,10 @@ def test_cpu_and_gpu_pipelines_give_the_same_batches(compose_config) -> None:
     # auto: the CPU pipeline on a CPU device
     cfg.data.pipeline = "auto"
     assert build_loaders(splits, cfg.data, seed=4, device=torch.device("cpu")).pipeline == "cpu"
+    # Pinned host memory only for a CUDA training device (building the loaders needs no GPU).
+    assert not cpu.train.pin_memory and not cpu.test.pin_memory
+    on_cuda = build_loaders(splits, cfg.data, seed=4, device=torch.device("cuda"))
+    assert (on_cuda.pipeline, on_cuda.train.pin_memory, on_cuda.test.pin_memory) == ("gpu", True, True)
 
 
 @pytest.mark.parametrize("override,message", [
