@@ -114,6 +114,39 @@ class ReidConfig:
     pipeline: Optional[Dict[str, Any]] = None
 
 
+@dataclass
+class EvaluateConfig:
+    """`python -m reid.evaluate` (conf/evaluate.yaml): the model comes from its file, so only how to score it is
+    configured here. `dataset` null: the data the run was evaluated on during training (its recorded dataset)."""
+
+    model: Optional[str] = None
+    dataset: Any = None
+    data_dir: str = "data"
+    # null: the run's data.distance
+    distance: Optional[str] = None
+    flip: bool = False
+    rerank: bool = False
+    rerank_k1: int = 20
+    rerank_k2: int = 6
+    rerank_lambda: float = 0.3
+    device: str = "auto"
+    precision: str = "auto"
+    # null: the run's data.test_batch_size / data.num_workers
+    batch_size: Optional[int] = None
+    num_workers: Optional[int] = None
+
+
+@dataclass
+class VisualizeConfig(EvaluateConfig):
+    """`python -m reid.visualize` (conf/visualize.yaml): an evaluation, drawn. `max_queries` null: every query."""
+
+    top_k: int = 10
+    max_queries: Optional[int] = None
+    per_page: int = 50
+    tile_height: int = 128
+    tile_width: int = 64
+
+
 def register_configs() -> None:
     """Store the schemas so YAML files can extend them, and the resolver that picks the run directory."""
     from reid.cli import reports_user_errors
@@ -125,6 +158,8 @@ def register_configs() -> None:
                                         use_cache=True)
     store = ConfigStore.instance()
     store.store(name="reid_schema", node=ReidConfig)
+    store.store(name="reid_evaluate_schema", node=EvaluateConfig)
+    store.store(name="reid_visualize_schema", node=VisualizeConfig)
 
 
 def _type_matches(value: Any, annotation: Any) -> bool:
@@ -256,6 +291,8 @@ __all__ = [
     "TrainerConfig",
     "DataConfig",
     "StageConfig",
+    "EvaluateConfig",
+    "VisualizeConfig",
     "register_configs",
     "validate_targets",
     "check_target_node",

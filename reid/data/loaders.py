@@ -11,9 +11,9 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from reid.data.cache import decoded_images
+from reid.data.cache import DecodedImages, decoded_images
 from reid.data.pipeline import AugmentOnDevice, BatchTransform, EvalImages, NormalizeOnDevice, TrainImages
-from reid.data.records import ReidSplits
+from reid.data.records import ImageRecord, ReidSplits
 from reid.data.sampler import KeyedPKSampler
 from reid.data.transforms import Augmentation
 
@@ -92,14 +92,35 @@ def build_loaders(splits: ReidSplits, data: DictConfig, seed: int, device: torch
         worker_init_fn=_seed_worker if workers else None,
         persistent_workers=False,
     )
-    test = DataLoader(
-        EvalImages(evaluated, test_images, recipe, normalize_here=not on_device),
-        batch_size=data.test_batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=pin_memory,
-    )
+    test = _eval_loader(evaluated, test_images, recipe, data, normalize_here=not on_device, pin_memory=pin_memory)
     if not on_device:
         return Loaders(train=train, test=test, num_query=len(splits.query), pipeline=pipeline)
     return Loaders(train=train, test=test, num_query=len(splits.query), pipeline=pipeline,
                    train_transform=AugmentOnDevice(recipe), test_transform=NormalizeOnDevice(recipe))
+
+
+def _eval_loader(records: list[ImageRecord], images: DecodedImages, recipe: Augmentation, data: DictConfig,
+                 normalize_here: bool, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        EvalImages(records, images, recipe, normalize_here=normalize_here),
+        batch_size=data.test_batch_size,
+        shuffle=False,
+        num_workers=data.num_workers,
+        pin_memory=pin_memory,
+    )
+
+
+def build_test_loader(splits: ReidSplits, data: DictConfig,
+                      device: torch.device | None = None) -> tuple[DataLoader, BatchTransform]:
+    """The evaluation loader alone (query images, then gallery), as `build_loaders` makes it: resized to
+    `data.height x data.width` and normalized, never augmented; with the transform its batches go through on
+    `device` under `data.pipeline`. For evaluating a trained model, which needs no training images."""
+    pipeline = resolve_pipeline(data.pipeline, device or torch.device("cpu"))
+    recipe = Augmentation.disabled(data.height, data.width)
+    evaluated = splits.query + splits.gallery
+    images = decoded_images(data.cache, [r.path for r in evaluated], data.height, data.width, data.cache_max_gb,
+                            data.num_workers, "query+gallery", splits.root)
+    on_device = pipeline == "gpu"
+    loader = _eval_loader(evaluated, images, recipe, data, normalize_here=not on_device,
+                          pin_memory=device is not None and device.type == "cuda")
+    return loader, NormalizeOnDevice(recipe) if on_device else BatchTransform()

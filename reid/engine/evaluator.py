@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from reid.engine.precision import Precision
-from reid.metrics import compute_distance_matrix, evaluate_rank
+from reid.metrics import RankResult, compute_distance_matrix, evaluate_rank
 
 RANKING_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 CLASSIFICATION_METRICS = ("val_loss", "val_top1", "val_top5")
@@ -70,6 +70,16 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
     return torch.cat(features), np.concatenate(pids), np.concatenate(camids)
 
 
+def ranking_metrics(result: RankResult, ranks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """mAP, rank-k for each of `ranks` and mINP, by the names the run record uses; a gallery shorter than k
+    (whose CMC stops early) gives its last rank's accuracy."""
+    metrics = {"mAP": float(result.mAP)}
+    for k in ranks:
+        metrics[f"rank{k}"] = float(result.cmc[min(k, len(result.cmc)) - 1])
+    metrics["mINP"] = float(result.mINP)
+    return metrics
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Mean cross-entropy and top-1/top-5 accuracy of class logits (N x C) against integer labels (N).
 
@@ -120,13 +130,7 @@ class Evaluator:
         q = self.num_query
         distances = compute_distance_matrix(features[:q], features[q:], metric=self.distance)
         result = evaluate_rank(distances, pids[:q], pids[q:], camids[:q], camids[q:], max_rank=10)
-        metrics = {
-            "mAP": float(result.mAP),
-            "rank1": float(result.cmc[0]),
-            "rank5": float(result.cmc[min(4, len(result.cmc) - 1)]),
-            "rank10": float(result.cmc[min(9, len(result.cmc) - 1)]),
-            "mINP": float(result.mINP),
-        }
+        metrics = ranking_metrics(result)
         if self.classification:
             logits = class_logits(model, features, self.device, self.loader.batch_size or len(features))
             metrics.update(classification_metrics(logits, torch.from_numpy(pids)))

@@ -53,11 +53,34 @@ _ROWS_PER_TASK = 64
 
 
 @dataclass(frozen=True)
+class PerQuery:
+    """Each query's figures, in query order (numpy arrays of length num_query).
+
+    ``ap``: its average precision (NaN for an excluded query, which has no positive);
+    ``first_match``: the 1-based rank of its first positive among the gallery items the
+    protocol keeps (0 for an excluded query); ``num_positives``: its positives (same pid,
+    another camera). The mean of the finite ``ap`` is ``mAP``.
+    """
+
+    ap: np.ndarray
+    first_match: np.ndarray
+    num_positives: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Which queries were scored (those with at least one positive)."""
+        return self.num_positives > 0
+
+
+@dataclass(frozen=True)
 class RankResult:
     """Retrieval metrics over the queries that have at least one valid positive.
 
     ``cmc[k - 1]`` is the fraction of valid queries whose first positive ranks at ``k``
     or better; ``mINP`` is fast-reid's mean inverse negative penalty.
+
+    With ``evaluate_rank(..., per_query=True)``, ``per_query`` holds each query's figures
+    in query order; otherwise it is None.
     """
 
     mAP: float
@@ -65,6 +88,7 @@ class RankResult:
     mINP: float
     num_valid_queries: int
     num_excluded_queries: int
+    per_query: PerQuery | None = field(default=None, repr=False, compare=False)
 
     def rank(self, k: int) -> float:
         """Rank-k accuracy (``cmc[k - 1]``), so callers need not remember the offset."""
@@ -131,6 +155,7 @@ def evaluate_rank(
     max_rank: int = 50,
     *,
     chunk_size: int | None = None,
+    per_query: bool = False,
 ) -> RankResult:
     """Market-1501 mAP / CMC / mINP, equal to the community ``eval_market1501``.
 
@@ -141,6 +166,8 @@ def evaluate_rank(
     gallery smaller than ``max_rank`` clamps it with a warning, as the community code
     does. ``chunk_size`` (queries per block) only bounds memory; by default a block stays
     near 256 MB. On the CPU the heavy passes use ``torch.get_num_threads()`` threads.
+    ``per_query`` also returns each query's AP, first-match rank and positive count
+    (``RankResult.per_query``), figures the computation has anyway.
     Raises ValueError on inconsistent shapes, NaN distances in an evaluated row, or when
     no query has a positive.
     """
@@ -162,7 +189,7 @@ def evaluate_rank(
         )
         max_rank = num_g
     with _RowKernels.for_distmat(d) as kernels:
-        return _evaluate(d, qp, gp, qc, gc, max_rank, step, kernels)
+        return _evaluate(d, qp, gp, qc, gc, max_rank, step, kernels, per_query)
 
 
 def _evaluate(
@@ -174,6 +201,7 @@ def _evaluate(
     max_rank: int,
     step: int,
     kernels: _RowKernels,
+    per_query: bool = False,
 ) -> RankResult:
     num_q = d.shape[0]
     qp, gp, num_pids = _dense_codes(qp, gp)
@@ -206,14 +234,17 @@ def _evaluate(
     order = torch.argsort(reach, stable=True)
     ap_sum = torch.zeros((), dtype=torch.float64, device=d.device)
     inp_sum = torch.zeros((), dtype=torch.float64, device=d.device)
-    first_hit = []
+    block_first, block_ap = [], []
     for block in order.split(step):
         ap, inp, first = _evaluate_block(d, valid[block], reach[block], qp, qc, groups, kernels)
-        ap_sum += ap
-        inp_sum += inp
-        first_hit.append(first)
+        ap_sum += ap.sum()
+        inp_sum += inp.sum()
+        block_first.append(first)
+        if per_query:
+            block_ap.append(ap)
 
-    hits = torch.bincount(torch.cat(first_hit).clamp(max=max_rank + 1) - 1, minlength=max_rank + 1)
+    first_hit = torch.cat(block_first)
+    hits = torch.bincount(first_hit.clamp(max=max_rank + 1) - 1, minlength=max_rank + 1)
     cmc = (torch.cumsum(hits[:max_rank], 0).double() / num_valid).cpu().numpy()
     cmc.flags.writeable = False
     return RankResult(
@@ -222,7 +253,18 @@ def _evaluate(
         mINP=float(inp_sum) / num_valid,
         num_valid_queries=num_valid,
         num_excluded_queries=num_q - num_valid,
+        per_query=_per_query(valid[order], torch.cat(block_ap), first_hit, num_pos) if per_query else None,
     )
+
+
+def _per_query(rows: torch.Tensor, ap: torch.Tensor, first_hit: torch.Tensor, num_pos: torch.Tensor) -> PerQuery:
+    """Scatter the blocks' per-row figures (rows in evaluation order) back into query order."""
+    num_q = num_pos.numel()
+    query_ap = torch.full((num_q,), float("nan"), dtype=torch.float64, device=ap.device)
+    query_ap[rows] = ap
+    first = torch.zeros(num_q, dtype=torch.int64, device=first_hit.device)
+    first[rows] = first_hit
+    return PerQuery(ap=query_ap.cpu().numpy(), first_match=first.cpu().numpy(), num_positives=num_pos.cpu().numpy())
 
 
 @dataclass(frozen=True)
@@ -266,7 +308,7 @@ def _evaluate_block(
     groups: _GroupIndex,
     kernels: _RowKernels,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """AP sum, INP sum and first-positive ranks for queries that all have a positive.
+    """Per-row AP, INP and first-positive ranks for queries that all have a positive.
 
     ``reach``: per row, the number of items at or below its last positive.
     """
@@ -303,7 +345,7 @@ def _evaluate_block(
     ranks = neg_before.double() + k
     ap = torch.where(real, k / ranks, 0.0).sum(1) / num_pos
     inp = num_pos / ranks.gather(1, (num_pos - 1)[:, None]).squeeze(1)
-    return ap.sum(), inp.sum(), neg_before[:, 0] + 1
+    return ap, inp, neg_before[:, 0] + 1
 
 
 def _tied_negatives_before(

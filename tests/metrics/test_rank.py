@@ -238,6 +238,40 @@ def test_agrees_with_reference_on_random_inputs(path, seed, kind, dtype):
         assert result.num_excluded_queries == num_q - ref[3]
 
 
+def reference_per_query(distmat, q_pids, g_pids, q_camids, g_camids):
+    """Each query's AP, first-match rank and positive count by the plain loop (NaN / 0 when excluded)."""
+    ap, first, positives = [], [], []
+    for row, pid, cam in zip(np.asarray(distmat, dtype=np.float64), q_pids, q_camids):
+        order = np.argsort(row, kind="stable")
+        kept = ~((g_pids[order] == pid) & (g_camids[order] == cam))
+        hits = (g_pids[order] == pid)[kept]
+        positives.append(int(hits.sum()))
+        if not hits.any():
+            ap.append(np.nan)
+            first.append(0)
+            continue
+        ranks = np.flatnonzero(hits) + 1
+        ap.append(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)))
+        first.append(int(ranks[0]))
+    return np.array(ap), np.array(first), np.array(positives)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "integer"])
+def test_per_query_figures_match_a_plain_loop(path, kind):
+    rng = np.random.default_rng(11)
+    distmat, *labels = random_problem(rng, 37, 90, 9, 3, kind, np.float32)
+    labels[0][[2, 5, 30]] = 99  # pids absent from the gallery: excluded queries
+    result = evaluate_rank(distmat, *labels, max_rank=10, chunk_size=5, per_query=True)
+    ap, first, positives = reference_per_query(distmat, *labels)
+    assert (positives == 0).any() and (positives > 0).sum() == result.num_valid_queries
+    np.testing.assert_allclose(result.per_query.ap, ap, atol=1e-9, rtol=0)
+    np.testing.assert_array_equal(result.per_query.first_match, first)
+    np.testing.assert_array_equal(result.per_query.num_positives, positives)
+    np.testing.assert_array_equal(result.per_query.valid, positives > 0)
+    assert np.nanmean(result.per_query.ap) == pytest.approx(result.mAP, abs=1e-12)
+    assert evaluate_rank(distmat, *labels, max_rank=10).per_query is None
+
+
 @pytest.mark.parametrize("to_torch", [(True, False, True, False, True), (False, True, False, True, False)])
 def test_numpy_and_torch_inputs_in_any_mix(to_torch):
     rng = np.random.default_rng(7)
