@@ -4,6 +4,7 @@ Fixed-shape sections (`trainer`, `data`, `stage`) are dataclasses in Hydra's Con
 an unknown key fails at composition time with Hydra's own message. Groups that map to classes through
 `_target_` (backbone, head, loss, optimizer, scheduler, dataset) are checked against the target's own
 signature, so adding a backbone or a loss needs one YAML file and at most one class, never a schema edit.
+The hook groups (`logger`, `callbacks`) are dicts of such nodes, each checked the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from reid.errors import ConfigError
 TARGET_GROUPS = ("dataset", "backbone", "head", "loss", "optimizer", "scheduler")
 # Arguments the code passes to `_target_` classes itself; a YAML file setting them is an error.
 PROVIDED_ARGUMENTS = {"head": ("in_features", "num_classes"), "optimizer": ("params",), "scheduler": ("optimizer",)}
+# Groups of named hooks (conf/logger, conf/callbacks): {name: `_target_` node of a reid.engine.hooks.Hook class}.
+HOOK_GROUPS = ("logger", "callbacks")
+# What reid.engine.build passes to a hook class whose __init__ names it: the run directory, the resolved config
+# (a dict) and the run's command-line overrides; a YAML file setting them is an error.
+HOOK_ARGUMENTS = ("run_dir", "config", "overrides")
 
 
 @dataclass
@@ -112,6 +118,9 @@ class ReidConfig:
     data: DataConfig = field(default_factory=DataConfig)
     data_dir: str = "data"
     pipeline: Optional[Dict[str, Any]] = None
+    # HOOK_GROUPS: user-defined named `_target_` nodes, checked by `validate_targets`.
+    logger: Dict[str, Any] = field(default_factory=dict)
+    callbacks: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -199,7 +208,8 @@ def check_target_node(node: DictConfig, key: str, provided: tuple[str, ...] = ()
     try:
         target = get_object(target_path)
     except Exception as exc:
-        raise ConfigError(f"{key}._target_={target_path!r} cannot be imported: {exc}") from exc
+        why = " ".join(str(exc).splitlines())  # one line, as every user error is reported
+        raise ConfigError(f"{key}._target_={target_path!r} cannot be imported: {why}") from exc
     signature = inspect.signature(target)
     try:
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
@@ -233,6 +243,11 @@ def validate_targets(cfg: DictConfig, provided: dict[str, tuple[str, ...]] = PRO
         if node is None:
             raise ConfigError(f"config group `{group}` is missing; choose one with `{group}=<option>`")
         check_target_node(node, group, provided.get(group, ()))
+    for group in HOOK_GROUPS:
+        for name, node in (cfg.get(group) or {}).items():
+            if not isinstance(node, DictConfig):
+                raise ConfigError(f"{group}.{name}={node!r}: expected a node with a `_target_` naming a hook class")
+            check_target_node(node, f"{group}.{name}", HOOK_ARGUMENTS)
     if cfg.stage.epochs is not None and cfg.stage.epochs < 1:
         raise ConfigError(f"stage.epochs={cfg.stage.epochs}: expected an integer >= 1, or null for 'the rest'")
     if cfg.trainer.transfer_epochs < 0:
@@ -287,6 +302,8 @@ def as_plain_dict(cfg: DictConfig) -> dict[str, Any]:
 
 __all__ = [
     "PROVIDED_ARGUMENTS",
+    "HOOK_GROUPS",
+    "HOOK_ARGUMENTS",
     "ReidConfig",
     "TrainerConfig",
     "DataConfig",

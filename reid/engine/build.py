@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,7 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hydra_plugins.reid_optuna_sweeper import current_link, current_trial
-from reid.config import as_plain_dict
+from reid.cli import user_error_in
+from reid.config import HOOK_GROUPS, as_plain_dict
 from reid.data.loaders import Loaders, build_loaders
 from reid.data.records import ReidSplits
 from reid.engine import distributed
@@ -154,6 +156,9 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
             if len(trial.study.directions) == 1:
                 hooks.insert(-1, TrialPruningHook(trial))
             record.info["sweep_trial"] = asdict(current_link())
+        # The user's loggers and callbacks come last: each epoch they see its metrics, the best model and the record
+        # already saved. They observe and write, so they run on rank 0 only.
+        hooks += build_run_hooks(cfg, run_dir, config, overrides)
     if cfg.trainer.transfer_epochs:
         hooks.insert(0, UnfreezeAfter(cfg.trainer.transfer_epochs, start.initial_epoch, cfg.trainer.unfreeze_lr_factor))
     trainer = Trainer(
@@ -187,3 +192,30 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
             where += f" + {checkpoint['epoch_progress']['step']} steps of epoch {checkpoint['epoch'] + 1}"
         log.info("resumed %s after %s (global step %d)", run_dir, where, checkpoint["global_step"])
     return trainer
+
+
+def build_run_hooks(cfg: DictConfig, run_dir: Path, config: dict[str, Any], overrides: list[str]) -> list[Hook]:
+    """The `logger` group's hooks, then the `callbacks` group's, each in its config's order.
+
+    A class gets whichever of HOOK_ARGUMENTS its __init__ names: `run_dir`, `config` (the resolved run config, a
+    dict) and `overrides` (the run's command-line overrides). A user error while building one names its key.
+    """
+    provided = {"run_dir": run_dir, "config": config, "overrides": list(overrides)}
+    hooks: list[Hook] = []
+    for group in HOOK_GROUPS:
+        for name, node in (cfg.get(group) or {}).items():
+            key = f"{group}.{name}"
+            build = instantiate(node, _partial_=True)
+            accepted = inspect.signature(build.func).parameters
+            try:
+                hook = build(**{arg: value for arg, value in provided.items() if arg in accepted})
+            except Exception as exc:
+                error = user_error_in(exc)
+                if error is None:
+                    raise
+                raise ConfigError(f"{key} ({node._target_}): {error}") from exc
+            if not isinstance(hook, Hook):
+                raise ConfigError(f"{key}._target_={node._target_!r} made a {type(hook).__name__}; expected a "
+                                  "subclass of reid.engine.hooks.Hook")
+            hooks.append(hook)
+    return hooks

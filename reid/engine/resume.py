@@ -21,6 +21,8 @@ from reid.errors import ConfigError
 OUTPUTS = Path("outputs")
 # Keys that name how to resume rather than what to train; they may differ between the two invocations.
 RESUME_KEYS = ("trainer.resume", "trainer.resume_allow_changes", "trainer.lock_stale_after")
+# Loggers only watch a run: a resumed run may add, drop or change them (logger=tensorboard on resume).
+UNCOMPARED_PREFIXES = ("logger.",)
 
 
 FINISHED = "finished"
@@ -141,7 +143,7 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     for key in set(new) - set(old):
         if key in defaults and defaults[key] == new[key]:
             old[key] = new[key]
-    keys = sorted((set(old) | set(new)) - set(RESUME_KEYS))
+    keys = sorted(key for key in (set(old) | set(new)) - set(RESUME_KEYS) if not key.startswith(UNCOMPARED_PREFIXES))
     return {key: {"old": old.get(key), "new": new.get(key)} for key in keys if old.get(key) != new.get(key)}
 
 
