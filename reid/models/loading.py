@@ -92,7 +92,8 @@ def load_trained_model(spec: str | Path, device: str | torch.device = "cpu") -> 
     if "num_classes" not in architecture:
         raise CheckpointError(f"{path} records no architecture.num_classes; expected a reid model file")
     try:
-        model = build_model(_without_download(config.backbone), config.head, num_classes=architecture["num_classes"])
+        model = build_model(_without_download(config.backbone), config.head, num_classes=architecture["num_classes"],
+                            num_cameras=architecture.get("num_cameras"))
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot rebuild its model {architecture.get('backbone')!r} + "
                               f"{architecture.get('head')!r}: {type(exc).__name__}: {exc}") from exc

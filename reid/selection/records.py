@@ -610,7 +610,8 @@ def model_from_payload(payload: dict[str, Any]) -> tuple[Any, Any]:
         cfg.backbone.pretrained = False
     if "weights" in cfg.backbone:
         cfg.backbone.weights = None
-    model = build_model(cfg.backbone, cfg.head, num_classes=payload["architecture"]["num_classes"])
+    model = build_model(cfg.backbone, cfg.head, num_classes=payload["architecture"]["num_classes"],
+                        num_cameras=payload["architecture"].get("num_cameras"))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, eval_transform(cfg.data.height, cfg.data.width)
