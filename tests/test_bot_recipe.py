@@ -131,3 +131,16 @@ def test_resume_with_center_loss_is_exact(tiny_run, data_dir, tmp_path):
     resumed = load_training_checkpoint(tmp_path / LAST_CHECKPOINT)["loss"]["center.centers"]
     assert torch.equal(resumed, reference) and not torch.equal(after_one["loss"]["center.centers"], reference)
 
+
+
+def test_a_checkpoint_from_before_the_recipe_keys_still_resumes(compose_config):
+    from reid.engine.resume import config_changes
+
+    current = as_plain_dict(compose_config("experiment=smoke"))
+    saved = json.loads(json.dumps(current))
+    for key in ("last_stride", "gem_p", "gem_learnable"):
+        del saved["backbone"][key]
+    # Keys added since, at their class's defaults, are how the old run behaved; another value is a change.
+    assert config_changes(saved, current) == {}
+    current["backbone"]["last_stride"] = 1
+    assert config_changes(saved, current) == {"backbone.last_stride": {"old": None, "new": 1}}

@@ -100,6 +100,10 @@ class TimmBackbone(nn.Module):
         super().__init__()
         import timm
 
+        _check_last_stride(last_stride)
+        if gem_p is not None and gem_p <= 0:
+            raise ConfigError(f"backbone.gem_p={gem_p}: expected a GeM exponent > 0 (3 is usual, 1 is average "
+                              "pooling), or null for the model's own pooling")
         if not timm.is_model(model_name):
             close = timm.list_models(f"*{model_name.split('_')[0]}*")[:10]
             raise ConfigError(
@@ -114,12 +118,8 @@ class TimmBackbone(nn.Module):
             raise
         self.feature_dim = int(self.model.num_features)
         self.model_name = model_name
-        _check_last_stride(last_stride)
         if last_stride == 1:
             remove_first_block_stride(getattr(self.model, "layer4", None), f"timm model {model_name!r}")
-        if gem_p is not None and gem_p <= 0:
-            raise ConfigError(f"backbone.gem_p={gem_p}: expected a GeM exponent > 0 (3 in BoT-style recipes; "
-                              "1 is average pooling), or null for the model's own pooling")
         self.pool = None if gem_p is None else GeneralizedMeanPooling(gem_p, learnable=gem_learnable)
         if weights:
             load_backbone_weights(self.model, weights)
