@@ -25,7 +25,8 @@ from reid.errors import ConfigError
 
 TARGET_GROUPS = ("dataset", "backbone", "head", "loss", "optimizer", "scheduler")
 # Arguments the code passes to `_target_` classes itself; a YAML file setting them is an error.
-PROVIDED_ARGUMENTS = {"head": ("in_features", "num_classes"), "optimizer": ("params",), "scheduler": ("optimizer",)}
+PROVIDED_ARGUMENTS = {"head": ("in_features", "num_classes"), "optimizer": ("params",), "scheduler": ("optimizer",),
+                      "backbone": ("num_cameras",), "loss": ("num_classes", "feature_dim")}
 # Groups of named hooks (conf/logger, conf/callbacks): {name: `_target_` node of a reid.engine.hooks.Hook class}.
 HOOK_GROUPS = ("logger", "callbacks")
 # What reid.engine.build passes to a hook class whose __init__ names it: the run directory, the resolved config

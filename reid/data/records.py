@@ -49,6 +49,11 @@ class ReidSplits:
         """Number of distinct train identities, i.e. the classifier's output size."""
         return len({r.pid for r in self.train})
 
+    @property
+    def num_cameras(self) -> int:
+        """Rows of a table indexed by camid (a model's camera embedding): 1 + the largest camid of any subset."""
+        return 1 + max((r.camid for r in (*self.train, *self.query, *self.gallery)), default=0)
+
     def limit_evaluation(self, max_queries: int | None, max_gallery: int | None) -> ReidSplits:
         """A copy evaluated on at most `max_queries` queries and `max_gallery` gallery images (a debug budget).
 

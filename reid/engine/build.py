@@ -79,16 +79,15 @@ class Experiment:
     device: torch.device
     precision: Precision
     memory_format: torch.memory_format
+    # The optimizer of the loss's own parameters (center loss centres), outside the LR schedule; None without.
+    loss_optimizer: torch.optim.Optimizer | None = None
 
 
 def build_experiment(cfg: DictConfig) -> Experiment:
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.amp, device)
-    criterion = instantiate(cfg.loss)
-    check_batch = getattr(criterion, "check_batch", None)
-    if check_batch is not None:
-        check_batch(cfg.data.p, cfg.data.k)
     splits = instantiate(cfg.dataset).load()
+    num_cameras = splits.num_cameras
     if cfg.trainer.limit_eval_queries or cfg.trainer.limit_eval_gallery:
         splits = splits.limit_evaluation(cfg.trainer.limit_eval_queries, cfg.trainer.limit_eval_gallery)
         log.info("evaluating %d queries against %d gallery images (trainer.limit_eval_queries=%s, "
@@ -97,9 +96,14 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     log.info("%s", splits.summary())
     check_monitor(cfg.trainer.monitor, splits)
     check_objectives(cfg.trainer.objectives, splits.closed_set, splits.name)
+    model = build_model(cfg.backbone, cfg.head, num_classes=splits.num_classes, num_cameras=num_cameras)
+    # The loss is built for the model: a center loss keeps one centre per identity in the metric feature's size.
+    criterion = instantiate(cfg.loss, num_classes=splits.num_classes, feature_dim=model.architecture["feature_dim"])
+    check_batch = getattr(criterion, "check_batch", None)
+    if check_batch is not None:
+        check_batch(cfg.data.p, cfg.data.k)
     loaders = build_loaders(splits, cfg.data, seed=cfg.trainer.seed, device=device,
                             num_replicas=distributed.world_size(), rank=distributed.rank())
-    model = build_model(cfg.backbone, cfg.head, num_classes=splits.num_classes)
     if cfg.trainer.sync_bn:
         # The same parameters and buffers, so the state dict (and every checkpoint) keeps its keys.
         distributed.convert_sync_batchnorm(model)
@@ -110,7 +114,10 @@ def build_experiment(cfg: DictConfig) -> Experiment:
              device, model.describe_freezing())
     optimizer = build_optimizer(instantiate(cfg.optimizer), model.trainable_parameters(), device)
     scheduler = instantiate(cfg.scheduler)(optimizer)
-    return Experiment(splits, loaders, model, criterion, optimizer, scheduler, device, precision, memory_format)
+    criterion.to(device)
+    loss_optimizer = getattr(criterion, "make_optimizer", lambda: None)()
+    return Experiment(splits, loaders, model, criterion, optimizer, scheduler, device, precision, memory_format,
+                      loss_optimizer)
 
 
 def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overrides: list[str],
@@ -181,6 +188,7 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         limit_train_batches=cfg.trainer.limit_train_batches,
         monitor=cfg.trainer.monitor,
         batch_transform=experiment.loaders.train_transform,
+        loss_optimizer=experiment.loss_optimizer,
     )
     trainer.state.epoch = start.initial_epoch
     if resume is not None:

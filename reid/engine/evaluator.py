@@ -37,12 +37,13 @@ def _on_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True)
 
 
-def embed(model: nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
+def embed(model: nn.Module, images: torch.Tensor, flip: bool = False,
+          camids: torch.Tensor | None = None) -> torch.Tensor:
     """The eval-mode embedding of a batch; with `flip`, the mean of the image's and its mirror image's embedding
-    (horizontal-flip test-time augmentation)."""
-    embedding = model(images)
+    (horizontal-flip test-time augmentation). `camids` reach a model with a camera embedding."""
+    embedding = model(images, camids=camids)
     if flip:
-        embedding = (embedding + model(images.flip(-1))) / 2
+        embedding = (embedding + model(images.flip(-1), camids=camids)) / 2
     return embedding
 
 
@@ -61,7 +62,7 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
         for images, batch_pids, batch_camids, _ in loader:
             images = batch_transform(images, device).to(device, memory_format=memory_format, non_blocking=True)
             with precision.autocast():
-                embedding = embed(model, images, flip)
+                embedding = embed(model, images, flip, batch_camids.to(device))
             features.append(embedding.float().cpu())
             pids.append(batch_pids.numpy())
             camids.append(batch_camids.numpy())

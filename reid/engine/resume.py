@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from reid.checkpoint import LAST_CHECKPOINT
-from reid.config import ReidConfig, flatten_config
+from reid.config import TARGET_GROUPS, ReidConfig, flatten_config
 from reid.engine import distributed
 from reid.engine.precision import fold_amp_alias
 from reid.engine.record import read_model_info
@@ -131,15 +133,31 @@ def schema_defaults() -> dict[str, Any]:
     return flatten_config(OmegaConf.to_container(OmegaConf.structured(ReidConfig)))
 
 
+def target_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The constructor default of every argument of the `_target_` groups' classes in `config`, flattened
+    (`backbone.last_stride`: None)."""
+    defaults: dict[str, Any] = {}
+    for group in TARGET_GROUPS:
+        node = config.get(group)
+        try:
+            parameters = inspect.signature(get_object(node["_target_"])).parameters
+        except Exception:  # noqa: BLE001 - no importable target: no defaults to add
+            continue
+        defaults.update({f"{group}.{name}": p.default for name, p in parameters.items()
+                         if p.default is not inspect.Parameter.empty})
+    return defaults
+
+
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Keys whose values differ between the checkpoint's config and the current one: {key: {old, new}}.
 
-    A key the checkpoint's config lacks is no change while it holds its schema default: it was added to reid after
-    the checkpoint was written (e.g. `trainer.monitor`), and that default is how the old run behaved. The older
-    `trainer.amp` switch is compared as the `trainer.precision` it stands for.
+    A key the checkpoint's config lacks is no change while it holds its default (the schema's, or its `_target_`
+    class's): it was added to reid after the checkpoint was written (e.g. `trainer.monitor`, `backbone.last_stride`),
+    and that default is how the old run behaved. The older `trainer.amp` switch is compared as the
+    `trainer.precision` it stands for.
     """
     old, new = fold_amp_alias(flatten_config(saved)), fold_amp_alias(flatten_config(current))
-    defaults = schema_defaults()
+    defaults = {**target_defaults(current), **schema_defaults()}
     for key in set(new) - set(old):
         if key in defaults and defaults[key] == new[key]:
             old[key] = new[key]

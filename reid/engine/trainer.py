@@ -86,10 +86,14 @@ class Trainer:
         limit_train_batches: int | None = None,
         monitor: str = "mAP",
         batch_transform: Callable[[Any, torch.device], torch.Tensor] | None = None,
+        loss_optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         self.model = model
         self.criterion = criterion
         self.optimizer = optimizer
+        # The loss's own parameters (center loss centres) step with it, outside the LR schedule. Every rank computes
+        # the loss of the whole global batch, so their gradient is the same on every rank without a reduction.
+        self.loss_optimizer = loss_optimizer
         self.scheduler = scheduler
         self.train_loader = train_loader
         self.evaluate = evaluate
@@ -197,11 +201,11 @@ class Trainer:
             steps = min(steps, self.limit_train_batches)
         self.model.train()
         batches = itertools.islice(self.train_loader, steps)
-        for step, (images, pids, _camids, _indices) in enumerate(batches, start=1):
+        for step, (images, pids, camids, _indices) in enumerate(batches, start=1):
             if step <= resume_at:
                 continue  # already trained before an interruption; loading it replays the same random draws
             images = self.batch_transform(images, self.device)
-            losses, batch_correct = self.train_step(images, pids, epoch, step)
+            losses, batch_correct = self.train_step(images, pids, epoch, step, camids)
             self.state.global_step += 1
             for key, value in losses.items():
                 progress.sums[key] = progress.sums.get(key, 0.0) + value
@@ -229,28 +233,30 @@ class Trainer:
         self._track_best(result)
         return result
 
-    def train_step(self, images: torch.Tensor, pids: torch.Tensor, epoch: int,
-                   step: int) -> tuple[dict[str, float], int]:
+    def train_step(self, images: torch.Tensor, pids: torch.Tensor, epoch: int, step: int,
+                   camids: torch.Tensor | None = None) -> tuple[dict[str, float], int]:
         """One optimizer step on the global batch; returns its loss figures and correct count (of all ranks).
 
-        With trainer.compile, a compilation error (at the first step, or at a later recompilation) is logged and
-        the step runs again uncompiled; the run goes on uncompiled.
+        `camids` (each image's camera) reach a model with a camera embedding. With trainer.compile, a compilation
+        error (at the first step, or at a later recompilation) is logged and the step runs again uncompiled; the
+        run goes on uncompiled.
         """
         images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
         pids = pids.to(self.device, non_blocking=True)
+        camids = None if camids is None else camids.to(self.device, non_blocking=True)
         try:
-            return self._optimize(images, pids, epoch, step)
+            return self._optimize(images, pids, camids, epoch, step)
         except Exception as exc:
             if not (self.compile and is_compilation_failure(exc)):
                 raise
             self.compile, self.compile_failure, self._replica = False, log_compilation_failure(exc), None
             self.optimizer.zero_grad(set_to_none=True)
-            return self._optimize(images, pids, epoch, step)
+            return self._optimize(images, pids, camids, epoch, step)
 
-    def _optimize(self, images: torch.Tensor, pids: torch.Tensor, epoch: int,
+    def _optimize(self, images: torch.Tensor, pids: torch.Tensor, camids: torch.Tensor | None, epoch: int,
                   step: int) -> tuple[dict[str, float], int]:
         with self.precision.autocast():
-            output = self.replica(images, pids)
+            output = self.replica(images, pids, camids)
             # Every rank computes the loss of the whole global batch (batch-hard mining sees all of it); the
             # gather's backward and DDP's average then give exactly that loss's gradient.
             output = dataclasses.replace(output, **{field.name: distributed.all_gather(getattr(output, field.name))
@@ -264,12 +270,15 @@ class Trainer:
         figures = dict(zip(losses, values))
         if not math.isfinite(figures["total"]):
             raise TrainingDiverged(figures["total"], epoch, step)
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizers = [self.optimizer] + ([self.loss_optimizer] if self.loss_optimizer is not None else [])
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)
         self.scaler.update()
         return figures, int(batch_correct)
 
@@ -327,6 +336,8 @@ class Trainer:
             "architecture": self.model.architecture,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "loss": {k: v.detach().cpu() for k, v in self.criterion.state_dict().items()},
+            "loss_optimizer": None if self.loss_optimizer is None else self.loss_optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": state.epoch,
             "global_step": state.global_step,
@@ -358,6 +369,10 @@ class Trainer:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        # Checkpoints from before losses had parameters hold neither; a loss with parameters then refuses to load.
+        self.criterion.load_state_dict(checkpoint.get("loss") or {})
+        if self.loss_optimizer is not None:
+            self.loss_optimizer.load_state_dict(checkpoint["loss_optimizer"])
         if checkpoint["scaler"] or not self.scaler.is_enabled():
             # An empty state comes from a disabled scaler (float32, bf16): a 16-mixed resume starts a new scale.
             self.scaler.load_state_dict(checkpoint["scaler"])

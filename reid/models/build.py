@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
 from reid.models.model import ReidModel
 
 
 def architecture_of(backbone_cfg: DictConfig, head_cfg: DictConfig, num_classes: int,
-                    feature_dim: int) -> dict[str, Any]:
-    """The facts a saved model must match to be loaded: checked before any tensor is copied."""
-    return {
+                    feature_dim: int, num_cameras: int | None = None) -> dict[str, Any]:
+    """The facts a saved model must match to be loaded: checked before any tensor is copied.
+
+    `num_cameras` is recorded for a backbone with a camera embedding (its rows), which a rebuild must size alike.
+    """
+    architecture = {
         "backbone": str(backbone_cfg.get("model_name", backbone_cfg._target_)),
         "backbone_class": str(backbone_cfg._target_),
         "head": str(head_cfg._target_),
         "feature_dim": int(feature_dim),
         "num_classes": int(num_classes),
     }
+    if num_cameras is not None:
+        architecture["num_cameras"] = int(num_cameras)
+    return architecture
 
 
-def build_model(backbone_cfg: DictConfig, head_cfg: DictConfig, num_classes: int) -> ReidModel:
-    backbone = instantiate(backbone_cfg)
+def build_model(backbone_cfg: DictConfig, head_cfg: DictConfig, num_classes: int,
+                num_cameras: int | None = None) -> ReidModel:
+    """The model for `num_classes` training identities; a backbone whose constructor takes `num_cameras` (camera
+    embeddings) gets the dataset's camera count, as the head gets `num_classes`."""
+    takes_cameras = "num_cameras" in inspect.signature(get_object(backbone_cfg._target_)).parameters
+    backbone = instantiate(backbone_cfg, **({"num_cameras": num_cameras} if takes_cameras and num_cameras else {}))
     head = instantiate(head_cfg, in_features=backbone.feature_dim, num_classes=num_classes)
-    return ReidModel(backbone, head, architecture_of(backbone_cfg, head_cfg, num_classes, backbone.feature_dim))
+    architecture = architecture_of(backbone_cfg, head_cfg, num_classes, backbone.feature_dim,
+                                   getattr(backbone, "num_cameras", None))
+    return ReidModel(backbone, head, architecture)

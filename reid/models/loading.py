@@ -99,7 +99,8 @@ def trained_model_from_payload(payload: Any, path: str | Path) -> TrainedModel:
     if "num_classes" not in architecture:
         raise CheckpointError(f"{path} records no architecture.num_classes; expected a reid model file")
     try:
-        model = build_model(_without_download(config.backbone), config.head, num_classes=architecture["num_classes"])
+        model = build_model(_without_download(config.backbone), config.head, num_classes=architecture["num_classes"],
+                            num_cameras=architecture.get("num_cameras"))
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot rebuild its model {architecture.get('backbone')!r} + "
                               f"{architecture.get('head')!r}: {type(exc).__name__}: {exc}") from exc

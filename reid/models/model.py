@@ -31,7 +31,12 @@ class ReidModel(nn.Module):
         # Some parameters never train by design (the BN neck's bias); unfreezing must not turn them on.
         self._trainable_by_design = {name: p.requires_grad for name, p in self.named_parameters()}
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> HeadOutput | torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+                camids: torch.Tensor | None = None) -> HeadOutput | torch.Tensor:
+        """`camids` (each image's camera) reach a backbone with a camera embedding (`num_cameras` set); any other
+        backbone ignores them."""
+        if getattr(self.backbone, "num_cameras", None) is not None:
+            return self.head(self.backbone(images, camids), labels)
         return self.head(self.backbone(images), labels)
 
     def classify(self, embedding: torch.Tensor) -> torch.Tensor:
