@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import hydra
 import torch
@@ -67,6 +67,16 @@ class DeployedEmbedding(nn.Module):
         return F.normalize(embedding, dim=1) if self.l2_normalize else embedding
 
 
+class ExportFormat(Protocol):
+    """A `format` option: the file's suffix, and how to write the traced graph; `write` returns the format's own
+    facts for the input contract."""
+
+    name: str
+    suffix: str
+
+    def write(self, graph: nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]: ...
+
+
 @contextlib.contextmanager
 def without_mha_fastpath() -> Iterator[None]:
     """nn.MultiheadAttention (open_clip's ViT blocks) without its eval-mode fused kernel, which ONNX has no
@@ -81,8 +91,9 @@ def without_mha_fastpath() -> Iterator[None]:
 
 
 class OnnxFormat:
-    """ONNX through torch.onnx's TorchScript-based exporter (`dynamo=False`): the torch.export-based one needs
-    onnxscript and traces no better here; opset 17+ has every op the shipped backbones use."""
+    """ONNX through torch.onnx's TorchScript-based exporter (`dynamo=False`), which needs only the onnx package;
+    the torch.export-based one needs onnxscript, which reid does not depend on. Opset 17 exports every backbone
+    family reid ships (a test checks each in onnxruntime)."""
 
     name = "onnx"
     suffix = ".onnx"
@@ -133,7 +144,7 @@ class Exported:
     contract: dict[str, Any]
 
 
-def input_contract(trained: TrainedModel, file_format: Any, normalize_inside: bool, flip: bool,
+def input_contract(trained: TrainedModel, file_format: ExportFormat, normalize_inside: bool, flip: bool,
                    l2_normalize: bool) -> dict[str, Any]:
     """How to feed the exported file and what it returns (written beside it as JSON)."""
     height, width = trained.height, trained.width
@@ -163,7 +174,7 @@ def input_contract(trained: TrainedModel, file_format: Any, normalize_inside: bo
     }
 
 
-def export_model(trained: TrainedModel, file_format: Any, out_dir: str | Path, normalize_inside: bool = False,
+def export_model(trained: TrainedModel, file_format: ExportFormat, out_dir: str | Path, normalize_inside: bool = False,
                  flip: bool = False, l2_normalize: bool = True) -> Exported:
     """Write `trained` (on CPU) in `file_format` into `out_dir` as `<model file stem><suffix>`, and its input
     contract as `<that name>.json`."""
