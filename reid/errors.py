@@ -23,3 +23,7 @@ class DatasetError(ReidError, ValueError):
     Raised instead of a bare ``OSError``/``KeyError`` so that the message can name the offending path and say
     what was expected there.
     """
+
+
+class ExportError(ReidError, RuntimeError):
+    """A trained model could not be written in the asked deployment format (`reid.export`)."""

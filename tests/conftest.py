@@ -59,3 +59,35 @@ def only_run_dir(root: Path) -> Path:
     runs = sorted(p.parent for p in (root / "outputs").rglob("model_info.json"))
     assert len(runs) == 1, f"expected one run under {root}/outputs, found {runs}"
     return runs[0]
+
+
+@pytest.fixture(scope="session")
+def untrained_model_file(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A factory: the run directory of a reid model file (`best_model.pth`) with `experiment=smoke` plus the given
+    overrides, written as CheckpointSaver writes it but with untrained (seeded) weights: no training needed."""
+    import torch
+    from hydra.utils import instantiate
+
+    from reid.checkpoint import BEST_MODEL, save_model_file
+    from reid.config import as_plain_dict, register_configs
+    from reid.models.build import build_model
+
+    register_configs()
+    made: dict[tuple[str, ...], Path] = {}
+
+    def _make(*overrides: str) -> Path:
+        if overrides not in made:
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+                cfg = compose(config_name="config", overrides=[f"data_dir={data_dir}", "experiment=smoke", *overrides])
+            GlobalHydra.instance().clear()
+            num_classes = instantiate(cfg.dataset).load().num_classes
+            torch.manual_seed(0)
+            model = build_model(cfg.backbone, cfg.head, num_classes=num_classes)
+            run_dir = tmp_path_factory.mktemp("untrained_run")
+            save_model_file(run_dir / BEST_MODEL, model, model.architecture,
+                            {"epoch": 1, "metrics": None, "config": as_plain_dict(cfg)})
+            made[overrides] = run_dir
+        return made[overrides]
+
+    return _make

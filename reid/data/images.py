@@ -40,7 +40,12 @@ def read_image(path: str) -> Image.Image:
 def decode_resized(path: str, height: int, width: int) -> np.ndarray:
     """Decode ``path`` and resize it to ``height x width`` (bilinear, as torchvision's Resize does on PIL
     images): the uint8 ``H x W x 3`` array every pipeline and the decoded-image cache start from."""
-    image = read_image(path)
+    return resize_image(read_image(path), height, width)
+
+
+def resize_image(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """An RGB PIL image at ``height x width`` as uint8 ``H x W x 3``: the resize of :func:`decode_resized`, for
+    images that are already decoded (feature extraction from PIL images)."""
     if image.size != (width, height):
         image = image.resize((width, height), Image.BILINEAR)
     return np.array(image, dtype=np.uint8)
