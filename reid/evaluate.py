@@ -17,7 +17,6 @@ import io
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from reid.checkpoint import atomic_write_text
-from reid.cli import exit_on_user_error, reports_user_errors
+from reid.cli import exit_on_user_error
 from reid.config import DataConfig, check_target_node, register_configs
 from reid.data.loaders import build_test_loader
 from reid.data.records import ReidSplits
@@ -40,7 +39,8 @@ from reid.engine.precision import resolve_precision
 from reid.errors import CheckpointError, ConfigError, DatasetError
 from reid.metrics import RankResult, compute_distance_matrix, evaluate_rank, re_rank
 from reid.metrics.distance import METRICS
-from reid.models.loading import TrainedModel, load_trained_model, resolve_model_path
+from reid.model_outputs import MISSING_MODEL, register_output_resolver
+from reid.models.loading import TrainedModel, load_trained_model
 
 log = logging.getLogger("reid")
 
@@ -55,37 +55,6 @@ CSV_COLUMNS = ("query_index", "query_path", "pid", "camid", "ap", "first_match_r
 # The CMC ranks reported; the CMC curve is kept up to MAX_RANK (or the gallery's size).
 CMC_RANKS = (1, 5, 10, 20)
 MAX_RANK = 50
-MISSING_MODEL = ("model= is missing: expected a reid.train run directory or its best_model.pth / model_final.pth, "
-                 "e.g. model=outputs/smoke/runs/<run>")
-
-
-def model_output_dir(subfolder: str, model: str | None, overrides: Any) -> str:
-    """`<run dir>/<subfolder>/<date>_<time>[_<dataset option>]`: an evaluation lives beside the model it scores.
-
-    The run dir is `model` itself or the model file's folder. Hydra resolves this before the job starts, so a
-    missing `model=` is reported here, before any directory is made.
-    """
-    if not model:
-        raise ConfigError(MISSING_MODEL)
-    path = resolve_model_path(model)
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    chosen = [str(o).split("=", 1)[1] for o in overrides or [] if str(o).lstrip("+").startswith("dataset=")]
-    name = "_".join([stamp, *chosen])
-    parent = path.parent / subfolder
-    out, count = parent / name, 1
-    while out.exists():
-        count += 1
-        out = parent / f"{name}_{count}"
-    return str(out)
-
-
-def register_output_resolver(name: str, subfolder: str, program: str) -> None:
-    """The resolver conf/<command>.yaml names its hydra.run.dir with; its errors end `program` as user errors."""
-    if not OmegaConf.has_resolver(name):
-        def resolve(model: str | None, overrides: Any) -> str:
-            return model_output_dir(subfolder, model, overrides)
-
-        OmegaConf.register_new_resolver(name, reports_user_errors(program)(resolve), use_cache=True)
 
 
 register_configs()

@@ -33,12 +33,15 @@ from reid.checkpoint import atomic_write, atomic_write_text
 from reid.cli import reports_user_errors
 from reid.engine.evaluator import embed
 from reid.errors import ConfigError, ExportError, ReidError
+from reid.model_outputs import register_output_resolver
 from reid.models.loading import TrainedModel, load_trained_model
 
 log = logging.getLogger("reid")
 
 PROGRAM = "reid.export"
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The Hydra run dir, beside the model: <run dir>/exports/<date>_<time>[_<dataset option>].
+EXPORTS_DIR = "exports"
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
@@ -46,6 +49,7 @@ BATCH_AXIS = "batch"
 # The batch traced for export: more than one image, so no size-1 batch gets specialised into the graph.
 TRACE_BATCH = 2
 
+register_output_resolver("reid_export_dir", EXPORTS_DIR, PROGRAM)
 
 class DeployedEmbedding(nn.Module):
     """What an exported file computes: [uint8 pixels -> normalised input] -> model (with flip TTA) -> [L2]."""

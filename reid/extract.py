@@ -24,16 +24,20 @@ from reid.cli import reports_user_errors
 from reid.data.records import ImageRecord, ReidSplits
 from reid.errors import ConfigError
 from reid.inference import FeatureExtractor
+from reid.model_outputs import register_output_resolver
 
 log = logging.getLogger("reid")
 
 PROGRAM = "reid.extract"
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The Hydra run dir, beside the model: <run dir>/features/<date>_<time>[_<dataset option>].
+FEATURES_DIR = "features"
 
 # `split=`: the subsets written, in this order (query+gallery is the evaluation's order).
 SPLITS = {"query+gallery": ("query", "gallery"), "train": ("train",), "all": ("train", "query", "gallery")}
 FEATURES_FILE = "features.npy"
 
+register_output_resolver("reid_features_dir", FEATURES_DIR, PROGRAM)
 
 @dataclass
 class Extraction:

@@ -27,10 +27,10 @@ from reid.evaluate import (
     EVALUATION_TXT,
     Evaluation,
     hydra_main,
-    register_output_resolver,
     run_evaluation,
     write_evaluation,
 )
+from reid.model_outputs import register_output_resolver
 from reid.visualization.grids import SAME_CAMERA, GridLayout, draw_retrieval_grid, match_kinds, top_k
 from reid.visualization.pages import QueryEntry, worst_first, write_pages
 from reid.visualization.plots import AP_HISTOGRAM_PNG, CMC_PNG, plot_ap_histogram, plot_cmc

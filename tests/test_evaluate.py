@@ -26,10 +26,10 @@ from reid.evaluate import (
     EVALUATION_JSON,
     EVALUATION_TXT,
     evaluate,
-    model_output_dir,
     recorded_dataset,
     run_evaluation,
 )
+from reid.model_outputs import model_output_dir
 
 # One epoch, evaluated on 6 of synthetic_tiny's 8 queries against 30 of its 46 gallery images.
 RUN = ["experiment=smoke", "trainer.max_epochs=1", "trainer.limit_eval_queries=6", "trainer.limit_eval_gallery=30"]
