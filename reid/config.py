@@ -24,7 +24,8 @@ from reid.errors import ConfigError
 
 TARGET_GROUPS = ("dataset", "backbone", "head", "loss", "optimizer", "scheduler")
 # Arguments the code passes to `_target_` classes itself; a YAML file setting them is an error.
-PROVIDED_ARGUMENTS = {"head": ("in_features", "num_classes"), "optimizer": ("params",), "scheduler": ("optimizer",)}
+PROVIDED_ARGUMENTS = {"head": ("in_features", "num_classes", "backbone"), "optimizer": ("params",),
+                      "scheduler": ("optimizer",)}
 
 
 @dataclass
@@ -92,6 +93,9 @@ class StageConfig:
     epochs: Optional[int] = None
     parent: Optional[str] = None
     init_from: Optional[str] = None
+    # What the stage trains on, when not the model on the image loader: a `_target_` class such as
+    # reid.engine.prompt_learning.PromptLearning (CLIP-ReID's prompt stage); null: the ordinary image step.
+    step: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -198,6 +202,8 @@ def validate_targets(cfg: DictConfig, provided: dict[str, tuple[str, ...]] = PRO
         if node is None:
             raise ConfigError(f"config group `{group}` is missing; choose one with `{group}=<option>`")
         check_target_node(node, group, provided.get(group, ()))
+    if cfg.stage.get("step") is not None:
+        check_target_node(cfg.stage.step, "stage.step")
     if cfg.stage.epochs is not None and cfg.stage.epochs < 1:
         raise ConfigError(f"stage.epochs={cfg.stage.epochs}: expected an integer >= 1, or null for 'the rest'")
     if cfg.trainer.transfer_epochs < 0:

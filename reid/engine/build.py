@@ -51,12 +51,13 @@ def dataset_info(splits: ReidSplits) -> dict[str, Any]:
             "train": count(splits.train), "query": count(splits.query), "gallery": count(splits.gallery)}
 
 
-def check_monitor(monitor: str, splits: ReidSplits) -> None:
-    """Refuse a `trainer.monitor` this dataset's evaluation cannot produce, before anything trains."""
-    valid = valid_monitors(splits.closed_set)
+def check_monitor(monitor: str, splits: ReidSplits, step_monitors: tuple[str, ...] | None = None) -> None:
+    """Refuse a `trainer.monitor` this dataset's evaluation (or the stage step's own, `step_monitors`) cannot
+    produce, before anything trains."""
+    valid = step_monitors or valid_monitors(splits.closed_set)
     if monitor in valid:
         return
-    why = "" if splits.closed_set else (
+    why = "; the stage's step (stage.step) scores only these" if step_monitors else "" if splits.closed_set else (
         "; the classifier's val_top1 needs held-out images of the training identities "
         "(dataset=folders dataset.split=closed)")
     raise ConfigError(f"trainer.monitor={monitor!r} is not available for dataset {splits.name}: "
@@ -77,6 +78,8 @@ class Experiment:
     device: torch.device
     precision: Precision
     memory_format: torch.memory_format
+    # stage.step: what the stage trains on instead of the image loader (None: the ordinary image step).
+    step: Any = None
 
 
 def build_experiment(cfg: DictConfig) -> Experiment:
@@ -93,7 +96,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
                  "trainer.limit_eval_gallery=%s)", len(splits.query), len(splits.gallery),
                  cfg.trainer.limit_eval_queries, cfg.trainer.limit_eval_gallery)
     log.info("%s", splits.summary())
-    check_monitor(cfg.trainer.monitor, splits)
+    step = instantiate(cfg.stage.step) if cfg.stage.step is not None else None
+    check_monitor(cfg.trainer.monitor, splits, getattr(step, "monitors", None))
     check_objectives(cfg.trainer.objectives, splits.closed_set, splits.name)
     loaders = build_loaders(splits, cfg.data, seed=cfg.trainer.seed, device=device,
                             num_replicas=distributed.world_size(), rank=distributed.rank())
@@ -108,7 +112,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
              device, model.describe_freezing())
     optimizer = build_optimizer(instantiate(cfg.optimizer), model.trainable_parameters(), device)
     scheduler = instantiate(cfg.scheduler)(optimizer)
-    return Experiment(splits, loaders, model, criterion, optimizer, scheduler, device, precision, memory_format)
+    return Experiment(splits, loaders, model, criterion, optimizer, scheduler, device, precision, memory_format, step)
 
 
 def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overrides: list[str],
@@ -156,26 +160,33 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
             record.info["sweep_trial"] = asdict(current_link())
     if cfg.trainer.transfer_epochs:
         hooks.insert(0, UnfreezeAfter(cfg.trainer.transfer_epochs, start.initial_epoch, cfg.trainer.unfreeze_lr_factor))
+    parts: dict[str, Any] = {
+        "train_loader": experiment.loaders.train,
+        # Rank 0 evaluates the whole query and gallery; every rank gets its figures.
+        "evaluate": lambda model: distributed.on_main(lambda: evaluator(model)),
+        "batch_transform": experiment.loaders.train_transform,
+        "memory_format": experiment.memory_format,
+    }
+    if experiment.step is not None:
+        # The stage's step replaces what it trains on and how it is scored, and runs first as a hook on every rank.
+        parts.update(experiment.step.trainer_parts(experiment, cfg.trainer.seed))
+        hooks.insert(0, experiment.step)
     trainer = Trainer(
         experiment.model,
         experiment.criterion,
         experiment.optimizer,
         experiment.scheduler,
-        experiment.loaders.train,
-        # Rank 0 evaluates the whole query and gallery; every rank gets its figures.
-        lambda model: distributed.on_main(lambda: evaluator(model)),
-        hooks,
+        hooks=hooks,
         max_epochs=max_epochs,
         eval_every=cfg.trainer.eval_every,
         device=experiment.device,
         precision=experiment.precision,
         seed=cfg.trainer.seed,
-        memory_format=experiment.memory_format,
         compile=cfg.trainer.compile,
         grad_clip=cfg.trainer.grad_clip,
         limit_train_batches=cfg.trainer.limit_train_batches,
         monitor=cfg.trainer.monitor,
-        batch_transform=experiment.loaders.train_transform,
+        **parts,
     )
     trainer.state.epoch = start.initial_epoch
     if resume is not None:

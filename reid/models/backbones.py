@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reid.errors import ConfigError, PretrainedWeightsUnavailable
+from reid.models.clip_text import ClipTextEncoder
 from reid.models.weights import load_backbone_weights
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,19 @@ def _resize_grid_embedding(embedding: torch.Tensor, new_grid: tuple[int, int]) -
     return torch.cat([class_token, grid], dim=0)
 
 
+OPEN_CLIP_FEATURES = ("projected", "pre_and_post")
+
+
 class OpenClipBackbone(nn.Module):
     """The image encoder of an open_clip model at a ReID input size such as 256×128.
 
     The position embeddings (ViT patch grid, or ModifiedResNet attention pool) are interpolated from the
     square pretraining grid to the ReID grid, so pretrained weights stay meaningful at the new aspect ratio.
+
+    `features`: `projected` (CLIP's image embedding) or `pre_and_post` (the feature before the projection — ViT's
+    class token after ln_post, ModifiedResNet's average-pooled last stage — concatenated with the projected one;
+    `feature_dims` gives the two sizes), as CLIP-ReID's head uses them. `text_tower` keeps CLIP's text encoder
+    (`text`, frozen) for a head that needs it; ordinary runs drop it.
     """
 
     def __init__(
@@ -107,9 +116,14 @@ class OpenClipBackbone(nn.Module):
         pretrained_tag: str = "openai",
         weights: str | None = None,
         image_size: tuple[int, int] | list[int] = (256, 128),
+        features: str = "projected",
+        text_tower: bool = False,
     ) -> None:
         super().__init__()
         import open_clip
+
+        if features not in OPEN_CLIP_FEATURES:
+            raise ConfigError(f"backbone.features={features!r}: expected one of {', '.join(OPEN_CLIP_FEATURES)}")
 
         if model_name not in open_clip.list_models():
             raise ConfigError(
@@ -125,12 +139,31 @@ class OpenClipBackbone(nn.Module):
                 raise _offline_error(f"open_clip {model_name!r} ({pretrained_tag})", exc) from exc
             raise
         self.visual = clip.visual
+        self.text: ClipTextEncoder | None = ClipTextEncoder(clip, model_name) if text_tower else None
         del clip
         self.model_name = model_name
-        self.feature_dim = int(self.visual.output_dim)
+        self.features = features
+        projected = int(self.visual.output_dim)
+        self.feature_dims = (projected,) if features == "projected" else (self._pre_projection_dim(), projected)
+        self.feature_dim = sum(self.feature_dims)
         self._set_input_size(height, width)
         if weights:
             load_backbone_weights(self.visual, weights, adapt=self._adapt_state_dict)
+            if self.text is not None:
+                load_backbone_weights(self.text, weights)
+
+    def take_text_tower(self) -> ClipTextEncoder:
+        """Hand the text encoder over to a head that owns it from now on (its weights then live there)."""
+        if self.text is None:
+            raise ConfigError(f"this head needs CLIP's text encoder: set backbone.text_tower=true (an open_clip "
+                              f"backbone; {self.model_name} has it off)")
+        text, self.text = self.text, None
+        return text
+
+    def _pre_projection_dim(self) -> int:
+        if hasattr(self.visual, "attnpool"):
+            return int(self.visual.attnpool.k_proj.in_features)
+        return int(self.visual.ln_post.normalized_shape[0])
 
     def _pooling(self) -> tuple[nn.Module, int]:
         """The module that owns the position embedding, and the encoder's total stride."""
@@ -162,6 +195,20 @@ class OpenClipBackbone(nn.Module):
                     state[key] = _resize_grid_embedding(value, self.grid)
         return state
 
+    def _pre_and_post(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image feature before CLIP's final projection (attention pool or `proj`), and after it."""
+        visual = self.visual
+        if hasattr(visual, "attnpool"):
+            x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(images)))))
+            return x.mean(dim=(2, 3)), visual.attnpool(x)
+        x = visual.conv1(images).flatten(2).transpose(1, 2)
+        x = torch.cat([visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
+        x = visual.ln_pre(visual.patch_dropout(x + visual.positional_embedding.to(x.dtype)))
+        pre = visual.ln_post(visual.transformer(x))[:, 0]
+        return pre, pre @ visual.proj
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.features == "pre_and_post":
+            return torch.cat(self._pre_and_post(images), dim=1)
         features = self.visual(images)
         return features[0] if isinstance(features, tuple) else features
