@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from omegaconf import OmegaConf
 from reid.checkpoint import BEST_MODEL, FINAL_MODEL, LAST_CHECKPOINT, load_training_checkpoint, safe_load
 from reid.config import register_configs, validate_targets
 from reid.errors import ConfigError
+from reid.losses.clipreid import PromptContrastiveLoss
 
 TINY_VIT = "reid-test-tiny-vit"
 TINY_RN = "reid-test-tiny-rn"
@@ -27,12 +30,13 @@ TEXT_CFG = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, 
 # CLIP's trained logit scale (100, as OpenAI's weights have it), not its initial 1/0.07: random image features lie
 # in a narrow cone, and the contrastive loss needs the sharper softmax to separate them.
 MODEL_CONFIGS = {
-    TINY_VIT: {"embed_dim": 32, "init_logit_scale": 4.6052, "text_cfg": TEXT_CFG,
+    TINY_VIT: {"embed_dim": 64, "init_logit_scale": 4.6052, "text_cfg": TEXT_CFG,
                "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16}},
-    TINY_RN: {"embed_dim": 32, "init_logit_scale": 4.6052, "text_cfg": TEXT_CFG,
-              "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16, "patch_size": None}},
+    TINY_RN: {"embed_dim": 64, "init_logit_scale": 4.6052, "text_cfg": TEXT_CFG,
+              "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16,
+                             "patch_size": None}},
 }
-PROMPT_EPOCHS = 20
+PROMPT_EPOCHS = 24
 NUM_IDS = 8  # synthetic_tiny's training identities
 
 
@@ -74,13 +78,13 @@ def test_the_prompt_holds_four_learned_tokens_between_the_template_tokens(tiny_c
 
 def test_clipreid_head_on_clip_rn50_layout_gives_both_features(tiny_clip_models):
     model = clip_model(TINY_RN)
-    assert model.backbone.feature_dims == (256, 32)
+    assert model.backbone.feature_dims == (256, 64)
     images = torch.randn(4, 3, 64, 32)
     output = model.train()(images, torch.tensor([0, 1, 2, 3]))
     assert output.logits.shape == output.projected_logits.shape == output.text_logits.shape == (4, NUM_IDS)
-    assert output.metric_features.shape == (4, 256) and output.projected_features.shape == (4, 32)
+    assert output.metric_features.shape == (4, 256) and output.projected_features.shape == (4, 64)
     embedding = model.eval()(images)
-    assert embedding.shape == (4, 288) and torch.allclose(embedding.norm(dim=1), torch.ones(4))
+    assert embedding.shape == (4, 320) and torch.allclose(embedding.norm(dim=1), torch.ones(4))
 
 
 def test_clipreid_head_refuses_a_backbone_without_text_tower(tiny_clip_models):
@@ -105,16 +109,19 @@ def test_supervised_contrastive_counts_every_same_identity_candidate():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-OVERRIDES = [
+COMMON = [
     "dataset=synthetic_tiny", "backbone=clip_vit_b16", f"backbone.model_name={TINY_VIT}",
-    "backbone.features=pre_and_post", "backbone.text_tower=true", "head=clipreid", "pipeline=clipreid",
+    "backbone.features=pre_and_post", "backbone.text_tower=true", "head=clipreid",
     "data.height=64", "data.width=32", "data.p=4", "data.k=4", "data.num_workers=0", "data.test_batch_size=64",
     "trainer.log_every=50",
-    f"+pipeline.prompt.stage.epochs={PROMPT_EPOCHS}", "+pipeline.prompt.stage.step.batch_size=16",
-    "+pipeline.prompt.optimizer.lr=3e-3", "+pipeline.prompt.scheduler.warmup_epochs=1",
-    "+pipeline.finetune.stage.epochs=2", "+pipeline.finetune.trainer.eval_every=1",
-    "+pipeline.finetune.optimizer.lr=1e-3", "+pipeline.finetune.scheduler.warmup_epochs=1",
 ]
+# A constant, higher LR than the paper's: the random image features are hard to tell apart (see MODEL_CONFIGS).
+PROMPT = {"stage.step.batch_size": 8, "optimizer.lr": 3e-3, "scheduler.warmup_epochs": 0,
+          "scheduler.min_lr_factor": 1.0}
+FINETUNE = {"stage.epochs": 2, "trainer.eval_every": 1, "optimizer.lr": 1e-3, "scheduler.warmup_epochs": 1}
+OVERRIDES = [*COMMON, "pipeline=clipreid", f"+pipeline.prompt.stage.epochs={PROMPT_EPOCHS}",
+             *(f"+pipeline.prompt.{key}={value}" for key, value in PROMPT.items()),
+             *(f"+pipeline.finetune.{key}={value}" for key, value in FINETUNE.items())]
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +170,7 @@ def test_prompt_stage_image_to_text_accuracy_rises_well_above_chance(pipeline_di
     assert {"loss_i2t", "loss_t2i"} <= set(rows[0])
     chance = 1 / NUM_IDS
     assert accuracy[0] <= 3 * chance, accuracy
-    assert accuracy[-1] >= 3 * chance, accuracy
+    assert accuracy[-1] >= 4 * chance, accuracy
     info = json.loads((pipeline_dir / "1_prompt" / "model_info.json").read_text())
     assert info["best_value"] == max(accuracy) and info["best_map"] is None
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
@@ -200,7 +207,7 @@ def test_the_finetuned_model_loads_from_its_file_alone(pipeline_dir):
 
     trained = load_trained_model(pipeline_dir / "2_finetune")
     embedding = trained.model(torch.randn(3, 3, trained.height, trained.width))
-    assert embedding.shape == (3, 64 + 32) and torch.allclose(embedding.norm(dim=1), torch.ones(3))
+    assert embedding.shape == (3, 64 + 64) and torch.allclose(embedding.norm(dim=1), torch.ones(3))
 
 
 def test_rerunning_the_finished_pipeline_trains_nothing(pipeline_dir, data_dir):
@@ -255,3 +262,42 @@ def test_sie_overlapping_patch_preset_composes(compose_config):
     cfg = stage_config(compose_config, "clipreid_vitb16_sie_ov_market1501", "finetune")
     validate_targets(cfg)
     assert (cfg.backbone.patch_stride, cfg.backbone.sie_coefficient, cfg.backbone.sie_tokens) == (12, 3.0, "cls")
+
+
+class InterruptingPromptLoss(PromptContrastiveLoss):
+    """Sends this process SIGINT (a Ctrl+C) at its `after_steps`-th step, once: `marker` remembers it did."""
+
+    def __init__(self, marker: str, after_steps: int = 8, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.marker, self.after_steps, self.calls = Path(marker), after_steps, 0
+
+    def forward(self, output, labels):
+        self.calls += 1
+        if self.calls == self.after_steps and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().forward(output, labels)
+
+
+def test_an_interrupted_prompt_stage_resumes_exactly(tiny_clip_models, compose_config, tmp_path):
+    from reid.engine.stopping import RunInterrupted
+    from reid.train import train
+
+    overrides = [*COMMON, "stage=prompt", "stage.epochs=3", *(f"{key}={value}" for key, value in PROMPT.items())]
+    interrupting = [*overrides, f"loss._target_={__name__}.InterruptingPromptLoss", f"+loss.marker={tmp_path}/sent"]
+    with pytest.raises(RunInterrupted):
+        train(compose_config(*interrupting), run_dir=tmp_path / "resumed")
+    checkpoint = load_training_checkpoint(tmp_path / "resumed" / LAST_CHECKPOINT)
+    assert (checkpoint["epoch"], checkpoint["epoch_progress"]["step"]) == (1, 2)  # 6 steps an epoch
+    assert checkpoint["optimizer"]["state"]  # the prompt tokens' Adam moments
+    train(compose_config(*interrupting), run_dir=tmp_path / "resumed")
+    train(compose_config(*overrides), run_dir=tmp_path / "straight")
+    resumed, straight = (json.loads((tmp_path / d / "training_history.json").read_text())["epochs"]
+                         for d in ("resumed", "straight"))
+    for row in (*resumed, *straight):
+        row.pop("epoch_time")
+    assert resumed == straight and len(resumed) == 3
+    final = [state_dict(tmp_path / d / FINAL_MODEL)["head.prompt_learner.context"] for d in ("resumed", "straight")]
+    assert torch.equal(*final)
+    info = json.loads((tmp_path / "resumed" / "model_info.json").read_text())
+    assert info["status"] == "finished" and len(info["resumes"]) == 1
