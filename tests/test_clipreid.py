@@ -301,3 +301,11 @@ def test_an_interrupted_prompt_stage_resumes_exactly(tiny_clip_models, compose_c
     assert torch.equal(*final)
     info = json.loads((tmp_path / "resumed" / "model_info.json").read_text())
     assert info["status"] == "finished" and len(info["resumes"]) == 1
+
+
+def test_a_stage_override_replaces_what_the_preset_set_for_that_stage(compose_config):
+    from reid.pipeline import allow_stage_overrides
+
+    overrides = allow_stage_overrides(["experiment=clipreid_rn50_market1501", "pipeline.finetune.optimizer.lr=1e-4"])
+    cfg = compose_config(*overrides)
+    assert cfg.pipeline.finetune.optimizer.lr == 1e-4 and cfg.pipeline.finetune.stage.epochs == 120
