@@ -85,7 +85,8 @@ class StageConfig:
     """A fine-tuning stage; `freeze_level` 0 trains everything, 1 freezes the backbone, 2 all but the classifier.
 
     `epochs` is the stage's length (null: until `trainer.max_epochs`, counted globally); `parent` names the stage
-    whose newest finished run this one starts from, unless `init_from` gives a run dir or a .pth file.
+    whose newest finished run this one starts from, unless `init_from` gives a run dir or a .pth file. `frozen` names
+    modules frozen at every level; `step` replaces what the stage trains on (CLIP-ReID's prompt stage).
     """
 
     name: str = "full"
@@ -93,6 +94,8 @@ class StageConfig:
     epochs: Optional[int] = None
     parent: Optional[str] = None
     init_from: Optional[str] = None
+    # Modules frozen whatever freeze_level says (dotted names, e.g. head.prompt_learner).
+    frozen: List[str] = field(default_factory=list)
     # What the stage trains on, when not the model on the image loader: a `_target_` class such as
     # reid.engine.prompt_learning.PromptLearning (CLIP-ReID's prompt stage); null: the ordinary image step.
     step: Optional[Dict[str, Any]] = None

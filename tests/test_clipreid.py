@@ -79,6 +79,10 @@ def test_the_prompt_holds_four_learned_tokens_between_the_template_tokens(tiny_c
 
 def test_clipreid_head_on_clip_rn50_layout_gives_both_features(tiny_clip_models):
     model = clip_model(TINY_RN)
+    model.keep_frozen(["head.prompt_learner"])
+    assert not model.head.prompt_learner.context.requires_grad and model.head.classifier.pre.weight.requires_grad
+    with pytest.raises(ConfigError, match="stage.frozen: 'head.prompts' is not a module of this model"):
+        model.keep_frozen(["head.prompts"])
     assert model.backbone.feature_dims == (256, 64)
     images = torch.randn(4, 3, 64, 32)
     output = model.train()(images, torch.tensor([0, 1, 2, 3]))
@@ -180,7 +184,8 @@ def test_prompt_stage_image_to_text_accuracy_rises_well_above_chance(pipeline_di
 def test_prompt_stage_trains_only_the_prompt_tokens_and_checkpoints_them(pipeline_dir):
     prompt_dir = pipeline_dir / "1_prompt"
     checkpoint = load_training_checkpoint(prompt_dir / LAST_CHECKPOINT)
-    # Adam holds state only for the parameter that got gradients: the per-identity context tokens.
+    # The optimizer holds one parameter, the per-identity context tokens (stage.frozen keeps the classifier out).
+    assert len(checkpoint["optimizer"]["param_groups"][0]["params"]) == 1
     (moments,) = checkpoint["optimizer"]["state"].values()
     assert moments["exp_avg"].shape == (NUM_IDS, 4, 64)
     best, final = state_dict(prompt_dir / BEST_MODEL), state_dict(prompt_dir / FINAL_MODEL)
@@ -201,6 +206,9 @@ def test_finetune_stage_trains_the_image_encoder_necks_and_classifiers_only(pipe
     assert unchanged and not unchanged & changed
     rows = metrics_rows(pipeline_dir / "2_finetune")
     assert {"loss_ce", "loss_tri", "loss_i2t"} <= set(rows[0]) and all(row["mAP"] for row in rows)
+    checkpoint = load_training_checkpoint(pipeline_dir / "2_finetune" / LAST_CHECKPOINT)
+    shapes = [tuple(state["exp_avg"].shape) for state in checkpoint["optimizer"]["state"].values()]
+    assert (NUM_IDS, 4, 64) not in shapes and (NUM_IDS, 64) in shapes  # no prompt tokens; the classifiers
 
 
 def test_the_finetuned_model_loads_from_its_file_alone(pipeline_dir):

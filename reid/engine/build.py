@@ -105,6 +105,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     if cfg.trainer.sync_bn:
         # The same parameters and buffers, so the state dict (and every checkpoint) keeps its keys.
         distributed.convert_sync_batchnorm(model)
+    model.keep_frozen(list(cfg.stage.frozen))
     model.set_freeze_level(cfg.stage.freeze_level)
     memory_format = memory_format_for(model, cfg.trainer.channels_last)
     model.to(device, memory_format=memory_format)
