@@ -25,14 +25,23 @@ from reid.errors import ConfigError
 
 TARGET_GROUPS = ("dataset", "backbone", "head", "loss", "optimizer", "scheduler")
 # Arguments the code passes to `_target_` classes itself; a YAML file setting them is an error.
-PROVIDED_ARGUMENTS = {"head": ("in_features", "num_classes"), "optimizer": ("params",), "scheduler": ("optimizer",),
-                      "backbone": ("num_cameras",), "loss": ("num_classes", "feature_dim")}
+PROVIDED_ARGUMENTS = {"head": ("in_features", "num_classes", "backbone"), "optimizer": ("params",),
+                      "scheduler": ("optimizer",), "backbone": ("num_cameras",), "loss": ("num_classes", "feature_dim")}
 # Groups of named hooks (conf/logger, conf/callbacks): {name: `_target_` node of a reid.engine.hooks.Hook class}.
 HOOK_GROUPS = ("logger", "callbacks")
 # What reid.engine.build passes to a hook class whose __init__ names it: the run directory, the resolved config
 # (a dict) and the run's command-line overrides; a YAML file setting them is an error.
 HOOK_ARGUMENTS = ("run_dir", "config", "overrides")
 
+
+
+def instantiate_provided(node: DictConfig, **provided: Any) -> Any:
+    """Instantiate a `_target_` node, passing it those of the `provided` arguments (see PROVIDED_ARGUMENTS) that
+    its constructor names: a class that needs no camera count or backbone is built without one."""
+    from hydra.utils import instantiate
+
+    parameters = inspect.signature(get_object(node._target_)).parameters
+    return instantiate(node, **{key: value for key, value in provided.items() if key in parameters})
 
 @dataclass
 class TrainerConfig:
@@ -91,7 +100,8 @@ class StageConfig:
     """A fine-tuning stage; `freeze_level` 0 trains everything, 1 freezes the backbone, 2 all but the classifier.
 
     `epochs` is the stage's length (null: until `trainer.max_epochs`, counted globally); `parent` names the stage
-    whose newest finished run this one starts from, unless `init_from` gives a run dir or a .pth file.
+    whose newest finished run this one starts from, unless `init_from` gives a run dir or a .pth file. `frozen` names
+    modules frozen at every level; `step` replaces what the stage trains on (CLIP-ReID's prompt stage).
     """
 
     name: str = "full"
@@ -99,6 +109,11 @@ class StageConfig:
     epochs: Optional[int] = None
     parent: Optional[str] = None
     init_from: Optional[str] = None
+    # Modules frozen whatever freeze_level says (dotted names, e.g. head.prompt_learner).
+    frozen: List[str] = field(default_factory=list)
+    # What the stage trains on, when not the model on the image loader: a `_target_` class such as
+    # reid.engine.prompt_learning.PromptLearning (CLIP-ReID's prompt stage); null: the ordinary image step.
+    step: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -249,6 +264,8 @@ def validate_targets(cfg: DictConfig, provided: dict[str, tuple[str, ...]] = PRO
             if not isinstance(node, DictConfig):
                 raise ConfigError(f"{group}.{name}={node!r}: expected a node with a `_target_` naming a hook class")
             check_target_node(node, f"{group}.{name}", HOOK_ARGUMENTS)
+    if cfg.stage.get("step") is not None:
+        check_target_node(cfg.stage.step, "stage.step")
     if cfg.stage.epochs is not None and cfg.stage.epochs < 1:
         raise ConfigError(f"stage.epochs={cfg.stage.epochs}: expected an integer >= 1, or null for 'the rest'")
     if cfg.trainer.transfer_epochs < 0:

@@ -31,13 +31,14 @@ from reid.errors import ConfigError
 log = logging.getLogger("reid")
 
 SUMMARY_TXT = "PIPELINE_SUMMARY.txt"
-# `pipeline.<stage>.<key>=v` names keys that do not exist yet, which Hydra accepts only with a leading `+`.
+# `pipeline.<stage>.<key>=v` names keys that may not exist yet (Hydra accepts those only with a leading `+`) or that
+# a preset already set (experiment=clipreid_rn50_market1501 sets pipeline.finetune.*): `++` adds or overrides.
 _STAGE_OVERRIDE = re.compile(r"^pipeline\.(?!name=|stages=|name\.|stages\.)\w+\.\S+=")
 
 
 def allow_stage_overrides(argv: list[str]) -> list[str]:
-    """Let users write `pipeline.stage2.optimizer.lr=4e-5` without Hydra's `+` for new keys."""
-    return [f"+{arg}" if _STAGE_OVERRIDE.match(arg) else arg for arg in argv]
+    """Let users write `pipeline.stage2.optimizer.lr=4e-5` without Hydra's `++` (add, or override a preset's)."""
+    return [f"++{arg}" if _STAGE_OVERRIDE.match(arg) else arg for arg in argv]
 
 
 def _is_pipeline_override(override: str) -> bool:

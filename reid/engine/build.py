@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from hydra_plugins.reid_optuna_sweeper import current_link, current_trial
 from reid.cli import user_error_in
-from reid.config import HOOK_GROUPS, as_plain_dict
+from reid.config import HOOK_GROUPS, as_plain_dict, instantiate_provided
 from reid.data.loaders import Loaders, build_loaders
 from reid.data.records import ReidSplits
 from reid.engine import distributed
@@ -53,12 +53,13 @@ def dataset_info(splits: ReidSplits) -> dict[str, Any]:
             "train": count(splits.train), "query": count(splits.query), "gallery": count(splits.gallery)}
 
 
-def check_monitor(monitor: str, splits: ReidSplits) -> None:
-    """Refuse a `trainer.monitor` this dataset's evaluation cannot produce, before anything trains."""
-    valid = valid_monitors(splits.closed_set)
+def check_monitor(monitor: str, splits: ReidSplits, step_monitors: tuple[str, ...] | None = None) -> None:
+    """Refuse a `trainer.monitor` this dataset's evaluation (or the stage step's own, `step_monitors`) cannot
+    produce, before anything trains."""
+    valid = step_monitors or valid_monitors(splits.closed_set)
     if monitor in valid:
         return
-    why = "" if splits.closed_set else (
+    why = "; the stage's step (stage.step) scores only these" if step_monitors else "" if splits.closed_set else (
         "; the classifier's val_top1 needs held-out images of the training identities "
         "(dataset=folders dataset.split=closed)")
     raise ConfigError(f"trainer.monitor={monitor!r} is not available for dataset {splits.name}: "
@@ -81,6 +82,8 @@ class Experiment:
     memory_format: torch.memory_format
     # The optimizer of the loss's own parameters (center loss centres), outside the LR schedule; None without.
     loss_optimizer: torch.optim.Optimizer | None = None
+    # stage.step: what the stage trains on instead of the image loader (None: the ordinary image step).
+    step: Any = None
 
 
 def build_experiment(cfg: DictConfig) -> Experiment:
@@ -94,11 +97,13 @@ def build_experiment(cfg: DictConfig) -> Experiment:
                  "trainer.limit_eval_gallery=%s)", len(splits.query), len(splits.gallery),
                  cfg.trainer.limit_eval_queries, cfg.trainer.limit_eval_gallery)
     log.info("%s", splits.summary())
-    check_monitor(cfg.trainer.monitor, splits)
+    step = instantiate(cfg.stage.step) if cfg.stage.step is not None else None
+    check_monitor(cfg.trainer.monitor, splits, getattr(step, "monitors", None))
     check_objectives(cfg.trainer.objectives, splits.closed_set, splits.name)
     model = build_model(cfg.backbone, cfg.head, num_classes=splits.num_classes, num_cameras=num_cameras)
     # The loss is built for the model: a center loss keeps one centre per identity in the metric feature's size.
-    criterion = instantiate(cfg.loss, num_classes=splits.num_classes, feature_dim=model.architecture["feature_dim"])
+    criterion = instantiate_provided(cfg.loss, num_classes=splits.num_classes,
+                                     feature_dim=model.architecture["feature_dim"])
     check_batch = getattr(criterion, "check_batch", None)
     if check_batch is not None:
         check_batch(cfg.data.p, cfg.data.k)
@@ -107,6 +112,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     if cfg.trainer.sync_bn:
         # The same parameters and buffers, so the state dict (and every checkpoint) keeps its keys.
         distributed.convert_sync_batchnorm(model)
+    model.keep_frozen(list(cfg.stage.frozen))
     model.set_freeze_level(cfg.stage.freeze_level)
     memory_format = memory_format_for(model, cfg.trainer.channels_last)
     model.to(device, memory_format=memory_format)
@@ -117,7 +123,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     criterion.to(device)
     loss_optimizer = getattr(criterion, "make_optimizer", lambda: None)()
     return Experiment(splits, loaders, model, criterion, optimizer, scheduler, device, precision, memory_format,
-                      loss_optimizer)
+                      loss_optimizer, step)
 
 
 def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overrides: list[str],
@@ -168,27 +174,34 @@ def build_trainer(cfg: DictConfig, experiment: Experiment, run_dir: Path, overri
         hooks += build_run_hooks(cfg, run_dir, config, overrides)
     if cfg.trainer.transfer_epochs:
         hooks.insert(0, UnfreezeAfter(cfg.trainer.transfer_epochs, start.initial_epoch, cfg.trainer.unfreeze_lr_factor))
+    parts: dict[str, Any] = {
+        "train_loader": experiment.loaders.train,
+        # Rank 0 evaluates the whole query and gallery; every rank gets its figures.
+        "evaluate": lambda model: distributed.on_main(lambda: evaluator(model)),
+        "batch_transform": experiment.loaders.train_transform,
+        "memory_format": experiment.memory_format,
+    }
+    if experiment.step is not None:
+        # The stage's step replaces what it trains on and how it is scored, and runs first as a hook on every rank.
+        parts.update(experiment.step.trainer_parts(experiment, cfg.trainer.seed))
+        hooks.insert(0, experiment.step)
     trainer = Trainer(
         experiment.model,
         experiment.criterion,
         experiment.optimizer,
         experiment.scheduler,
-        experiment.loaders.train,
-        # Rank 0 evaluates the whole query and gallery; every rank gets its figures.
-        lambda model: distributed.on_main(lambda: evaluator(model)),
-        hooks,
+        hooks=hooks,
         max_epochs=max_epochs,
         eval_every=cfg.trainer.eval_every,
         device=experiment.device,
         precision=experiment.precision,
         seed=cfg.trainer.seed,
-        memory_format=experiment.memory_format,
         compile=cfg.trainer.compile,
         grad_clip=cfg.trainer.grad_clip,
         limit_train_batches=cfg.trainer.limit_train_batches,
         monitor=cfg.trainer.monitor,
-        batch_transform=experiment.loaders.train_transform,
         loss_optimizer=experiment.loss_optimizer,
+        **parts,
     )
     trainer.state.epoch = start.initial_epoch
     if resume is not None:

@@ -28,7 +28,8 @@ class StepInfo:
 @dataclass
 class EpochResult:
     """One epoch's figures: the row of metrics.csv and training_history.json (the classifier's val_loss, val_top1
-    and val_top5 after the ranking metrics, where the evaluation gives them)."""
+    and val_top5 after the ranking metrics, where the evaluation gives them; a stage step's own metrics, such as
+    CLIP-ReID's i2t_top1, leave the ranking ones empty)."""
 
     epoch: int
     lr: float
@@ -43,7 +44,7 @@ class EpochResult:
         row.update({("loss" if k == "total" else f"loss_{k}"): v for k, v in self.losses.items()})
         row["train_top1"] = self.train_top1
         for key in RANKING_METRICS:
-            row[key] = None if self.metrics is None else self.metrics[key]
+            row[key] = None if self.metrics is None else self.metrics.get(key)
         row.update({key: value for key, value in (self.metrics or {}).items() if key not in row})
         row["epoch_time"] = self.epoch_time
         return row

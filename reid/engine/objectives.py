@@ -152,7 +152,9 @@ class ObjectivesHook(Hook):
             load_model_file(best, trainer.model, trainer.model.architecture)
         values = {name: float(state.best_metrics[name]) for name in self.names if name in state.best_metrics}
         values.update(model_objectives(trainer.model, self.names, self.settings))
-        state.objectives = {name: values[name] for name in self.names}
+        # A stage that scores other metrics (CLIP-ReID's prompt stage: i2t_top1) has no mAP: NaN, like an unscored run;
+        # a pipeline returns its final stage's objectives.
+        state.objectives = {name: values.get(name, math.nan) for name in self.names}
         log.info("objectives of %s: %s", BEST_MODEL, ", ".join(f"{k}={v:.4g}" for k, v in state.objectives.items()))
 
 

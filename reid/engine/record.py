@@ -213,7 +213,7 @@ class RunRecord:
         state = trainer.state
         stop = state.stop or StopReason.error(RuntimeError("stopped for an unknown reason"))
         self.update(trainer)
-        still_improving = bool(state.history) and state.best_epoch == _last_eval_epoch(state.history)
+        still_improving = bool(state.history) and state.best_epoch == _last_eval_epoch(state.history, state.monitor)
         self.info.update(
             status="finished" if stop.kind in (COMPLETED, EARLY_STOPPING) else stop.kind,
             stopping_reason=stop.to_dict(),
@@ -252,8 +252,8 @@ class RunRecord:
         return "\n".join(lines)
 
 
-def _last_eval_epoch(history: list[dict[str, Any]]) -> int | None:
-    evaluated = [row["epoch"] for row in history if row.get("mAP") is not None]
+def _last_eval_epoch(history: list[dict[str, Any]], monitor: str = "mAP") -> int | None:
+    evaluated = [row["epoch"] for row in history if row.get(monitor) is not None]
     return evaluated[-1] if evaluated else None
 
 

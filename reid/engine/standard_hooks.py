@@ -89,9 +89,10 @@ def epoch_line(result: EpochResult, max_epochs: int, monitor: str = "mAP") -> st
     text = f"[Epoch {result.epoch}/{max_epochs}] lr={result.lr:.2e} | {format_losses(result.losses)}"
     if result.metrics is not None:
         metrics = result.metrics
-        text += f" | mAP={metrics['mAP']:.3f} R1={metrics['rank1']:.3f}"
+        shown = [key for key in ("mAP", "rank1") if metrics.get(key) is not None]
+        text += " |" + "".join(f" {'R1' if key == 'rank1' else key}={metrics[key]:.3f}" for key in shown)
         extra = [key for key in CLASSIFICATION_METRICS if key in metrics]
-        if monitor not in ("mAP", "rank1", *extra):
+        if monitor not in (*shown, *extra):
             extra.append(monitor)
         text += "".join(f" {key}={metrics[key]:.3f}" for key in extra)
         if result.improved:

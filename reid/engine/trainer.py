@@ -22,6 +22,10 @@ from reid.engine.precision import Precision
 from reid.engine.stopping import STOP_SIGNALS, RunInterrupted, StopReason, TrainingDiverged, reason_for_exception
 from reid.utils.seed import capture_rng_state, restore_rng_state, seed_everything
 
+# One batch (images or what the stage trains on, labels) -> (losses with a `total`, correctly classified count).
+# (inputs, pids, camids) -> (the losses by name, with `total`; the count of correctly classified inputs)
+BatchLosses = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], tuple[dict[str, torch.Tensor], torch.Tensor]]
+
 
 @dataclass
 class TrainState:
@@ -87,6 +91,7 @@ class Trainer:
         monitor: str = "mAP",
         batch_transform: Callable[[Any, torch.device], torch.Tensor] | None = None,
         loss_optimizer: torch.optim.Optimizer | None = None,
+        batch_losses: BatchLosses | None = None,
     ) -> None:
         self.model = model
         self.criterion = criterion
@@ -108,6 +113,9 @@ class Trainer:
         self.limit_train_batches = limit_train_batches
         # What the loader's batches go through on the device before the step (the GPU pipeline's augmentations).
         self.batch_transform = batch_transform or (lambda images, device: images)
+        # A batch's losses and correct count: the model's forward and the criterion, unless the stage trains on
+        # something else (stage.step, e.g. CLIP-ReID's prompt stage on cached image features).
+        self.batch_losses: BatchLosses = batch_losses or self.model_losses
         self.scaler = precision.grad_scaler()
         # trainer.compile: whether the step runs the compiled replica; a failed compilation turns it off for good.
         self.compile = compile
@@ -256,16 +264,9 @@ class Trainer:
     def _optimize(self, images: torch.Tensor, pids: torch.Tensor, camids: torch.Tensor | None, epoch: int,
                   step: int) -> tuple[dict[str, float], int]:
         with self.precision.autocast():
-            output = self.replica(images, pids, camids)
-            # Every rank computes the loss of the whole global batch (batch-hard mining sees all of it); the
-            # gather's backward and DDP's average then give exactly that loss's gradient.
-            output = dataclasses.replace(output, **{field.name: distributed.all_gather(getattr(output, field.name))
-                                                    for field in dataclasses.fields(output)})
-            pids = distributed.all_gather(pids)
-            losses = self.criterion(output, pids)
+            losses, correct = self.batch_losses(images, pids, camids)
         total = losses["total"]
         # One device sync per step: the loss parts and the correct count come back together.
-        correct = (output.logits.detach().argmax(dim=1) == pids).sum()
         *values, batch_correct = torch.stack([*(v.detach().float() for v in losses.values()), correct.float()]).tolist()
         figures = dict(zip(losses, values))
         if not math.isfinite(figures["total"]):
@@ -281,6 +282,18 @@ class Trainer:
             self.scaler.step(optimizer)
         self.scaler.update()
         return figures, int(batch_correct)
+
+    def model_losses(self, images: torch.Tensor, pids: torch.Tensor,
+                     camids: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The criterion's losses of the model's output for the global batch, and its correctly classified count."""
+        output = self.replica(images, pids, camids)
+        # Every rank computes the loss of the whole global batch (batch-hard mining sees all of it); the
+        # gather's backward and DDP's average then give exactly that loss's gradient.
+        output = dataclasses.replace(output, **{field.name: distributed.all_gather(getattr(output, field.name))
+                                                for field in dataclasses.fields(output)})
+        pids = distributed.all_gather(pids)
+        losses = self.criterion(output, pids)
+        return losses, (output.logits.detach().argmax(dim=1) == pids).sum()
 
     def _track_best(self, result: EpochResult) -> None:
         if result.metrics is None:

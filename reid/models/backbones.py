@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reid.errors import ConfigError, PretrainedWeightsUnavailable
+from reid.models.clip_text import ClipTextEncoder
 from reid.models.pooling import GeneralizedMeanPooling
 from reid.models.weights import load_backbone_weights
 
@@ -145,6 +146,7 @@ def _resize_grid_embedding(embedding: torch.Tensor, new_grid: tuple[int, int]) -
 
 
 SIE_TOKENS = ("cls", "all")
+OPEN_CLIP_FEATURES = ("projected", "pre_and_post")
 
 
 class OpenClipBackbone(nn.Module):
@@ -160,6 +162,11 @@ class OpenClipBackbone(nn.Module):
     (`sie_tokens=cls`, as CLIP-ReID) or to every token (`all`, as TransReID) after the position embedding.
     `num_cameras` (the embedding's rows, one per camera id) is passed by reid from the dataset, like a head's
     `num_classes`.
+
+    `features`: `projected` (CLIP's image embedding) or `pre_and_post` (the feature before the projection — ViT's
+    class token after ln_post, ModifiedResNet's average-pooled last stage — concatenated with the projected one;
+    `feature_dims` gives the two sizes), as CLIP-ReID's head uses them. `text_tower` keeps CLIP's text encoder
+    (`text`, frozen) for a head that needs it; ordinary runs drop it.
     """
 
     def __init__(
@@ -174,9 +181,14 @@ class OpenClipBackbone(nn.Module):
         sie_coefficient: float | None = None,
         sie_tokens: str = "cls",
         num_cameras: int = 1,
+        features: str = "projected",
+        text_tower: bool = False,
     ) -> None:
         super().__init__()
         import open_clip
+
+        if features not in OPEN_CLIP_FEATURES:
+            raise ConfigError(f"backbone.features={features!r}: expected one of {', '.join(OPEN_CLIP_FEATURES)}")
 
         if model_name not in open_clip.list_models():
             raise ConfigError(
@@ -196,13 +208,17 @@ class OpenClipBackbone(nn.Module):
                 raise _offline_error(f"open_clip {model_name!r} ({pretrained_tag})", exc) from exc
             raise
         self.visual = clip.visual
+        self.text: ClipTextEncoder | None = ClipTextEncoder(clip, model_name) if text_tower else None
         del clip
-        self.feature_dim = int(self.visual.output_dim)
+        self.features = features
         self.last_stride = last_stride or 2
         if last_stride == 1:
             remove_first_block_stride(self.visual.layer4, f"open_clip {model_name!r}")
         if patch_stride is not None:
             self.visual.conv1.stride = (patch_stride, patch_stride)
+        projected = int(self.visual.output_dim)
+        self.feature_dims = (projected,) if features == "projected" else (self._pre_projection_dim(), projected)
+        self.feature_dim = sum(self.feature_dims)
         self._set_input_size(height, width)
         # The side information embedding: one row per camera id, initialised as TransReID and CLIP-ReID do.
         self.num_cameras = None if sie_coefficient is None else int(num_cameras)
@@ -211,6 +227,21 @@ class OpenClipBackbone(nn.Module):
             nn.init.trunc_normal_(torch.empty(num_cameras, self.visual.conv1.out_channels), std=0.02))
         if weights:
             load_backbone_weights(self.visual, weights, adapt=self._adapt_state_dict)
+            if self.text is not None:
+                load_backbone_weights(self.text, weights)
+
+    def take_text_tower(self) -> ClipTextEncoder:
+        """Hand the text encoder over to a head that owns it from now on (its weights then live there)."""
+        if self.text is None:
+            raise ConfigError(f"this head needs CLIP's text encoder: set backbone.text_tower=true (an open_clip "
+                              f"backbone; {self.model_name} has it off)")
+        text, self.text = self.text, None
+        return text
+
+    def _pre_projection_dim(self) -> int:
+        if hasattr(self.visual, "attnpool"):
+            return int(self.visual.attnpool.k_proj.in_features)
+        return int(self.visual.ln_post.normalized_shape[0])
 
     def _check_options(self, last_stride: int | None, patch_stride: int | None, sie_coefficient: float | None,
                        sie_tokens: str, num_cameras: int) -> None:
@@ -271,26 +302,39 @@ class OpenClipBackbone(nn.Module):
                     state[key] = _resize_grid_embedding(value, self.grid)
         return state
 
-    def _vit_with_side_information(self, images: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
-        """open_clip's ViT forward with the camera embedding added after the position embedding, before ln_pre:
-        patch conv -> tokens -> class token + positions (+ SIE) -> ln_pre -> transformer -> ln_post, pool, proj."""
+    def _vit_pre_and_post(self, images: torch.Tensor,
+                          camids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """open_clip's ViT forward, run here so the camera embedding can go in after the position embedding
+        (before ln_pre) and the feature before the projection comes out too: patch conv -> tokens -> class token +
+        positions (+ SIE) -> ln_pre -> transformer -> ln_post and pool (the pre-projection feature) -> proj."""
         visual = self.visual
         tokens = visual.conv1(images).flatten(2).transpose(1, 2)
         class_token = visual.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
         tokens = torch.cat([class_token, tokens], dim=1) + visual.positional_embedding.to(tokens.dtype)
-        side = (self.sie_coefficient * self.camera_embedding[camids]).to(tokens.dtype)[:, None, :]
-        if self.sie_tokens == "cls":
-            tokens = torch.cat([tokens[:, :1] + side, tokens[:, 1:]], dim=1)
-        else:
-            tokens = tokens + side
+        if self.camera_embedding is not None and camids is not None:
+            side = (self.sie_coefficient * self.camera_embedding[camids.to(images.device).long()])
+            side = side.to(tokens.dtype)[:, None, :]
+            if self.sie_tokens == "cls":
+                tokens = torch.cat([tokens[:, :1] + side, tokens[:, 1:]], dim=1)
+            else:
+                tokens = tokens + side
         tokens = visual.ln_pre(visual.patch_dropout(tokens))
         pooled, _ = visual._pool(visual.transformer(tokens))
-        return pooled if visual.proj is None else pooled @ visual.proj
+        return pooled, pooled if visual.proj is None else pooled @ visual.proj
+
+    def _resnet_pre_and_post(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ModifiedResNet's last stage average-pooled (before the attention pool's projection), and its output."""
+        visual = self.visual
+        x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(images)))))
+        return x.mean(dim=(2, 3)), visual.attnpool(x)
 
     def forward(self, images: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
-        """Pooled features; with a camera embedding and `camids`, each image's camera's embedding is added (without
-        camids, as for an image from an unknown camera, none is)."""
-        if self.camera_embedding is not None and camids is not None:
-            return self._vit_with_side_information(images, camids.to(images.device).long())
-        features = self.visual(images)
-        return features[0] if isinstance(features, tuple) else features
+        """Pooled features (`features`: the projected one, or pre- and post-projection concatenated); with a camera
+        embedding and `camids`, each image's camera's embedding is added (without camids, as for an image from an
+        unknown camera, none is)."""
+        with_cameras = self.camera_embedding is not None and camids is not None
+        if self.features == "projected" and not with_cameras:
+            features = self.visual(images)
+            return features[0] if isinstance(features, tuple) else features
+        pre, post = self._vit_pre_and_post(images, camids) if self.is_vit else self._resnet_pre_and_post(images)
+        return post if self.features == "projected" else torch.cat([pre, post], dim=1)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
+from reid.config import instantiate_provided
 from reid.models.model import ReidModel
 
 
@@ -31,11 +30,13 @@ def architecture_of(backbone_cfg: DictConfig, head_cfg: DictConfig, num_classes:
 
 def build_model(backbone_cfg: DictConfig, head_cfg: DictConfig, num_classes: int,
                 num_cameras: int | None = None) -> ReidModel:
-    """The model for `num_classes` training identities; a backbone whose constructor takes `num_cameras` (camera
-    embeddings) gets the dataset's camera count, as the head gets `num_classes`."""
-    takes_cameras = "num_cameras" in inspect.signature(get_object(backbone_cfg._target_)).parameters
-    backbone = instantiate(backbone_cfg, **({"num_cameras": num_cameras} if takes_cameras and num_cameras else {}))
-    head = instantiate(head_cfg, in_features=backbone.feature_dim, num_classes=num_classes)
+    """The backbone, then the head on its features, for `num_classes` training identities. A backbone whose
+    constructor takes `num_cameras` (camera embeddings) gets the dataset's camera count, as the head gets
+    `num_classes`; a head with a `backbone` argument (CLIP-ReID's, which takes over CLIP's text encoder) gets the
+    backbone itself."""
+    backbone = instantiate_provided(backbone_cfg, **({"num_cameras": num_cameras} if num_cameras else {}))
+    head = instantiate_provided(head_cfg, in_features=backbone.feature_dim, num_classes=num_classes,
+                                backbone=backbone)
     architecture = architecture_of(backbone_cfg, head_cfg, num_classes, backbone.feature_dim,
                                    getattr(backbone, "num_cameras", None))
     return ReidModel(backbone, head, architecture)

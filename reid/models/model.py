@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reid.errors import ConfigError
 from reid.models.heads import HeadOutput
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ class ReidModel(nn.Module):
         self.head = head
         self.architecture = architecture
         self.freeze_level = 0
+        # Modules a stage keeps frozen whatever the level (stage.frozen), e.g. CLIP-ReID's prompts when finetuning.
+        self.kept_frozen: list[str] = []
         # Some parameters never train by design (the BN neck's bias); unfreezing must not turn them on.
         self._trainable_by_design = {name: p.requires_grad for name, p in self.named_parameters()}
 
@@ -44,7 +47,18 @@ class ReidModel(nn.Module):
         return self.head.classifier(embedding)
 
     def frozen_module_names(self) -> list[str]:
-        return ["backbone", "head.neck"][: self.freeze_level]
+        return ["backbone", "head.neck"][: self.freeze_level] + self.kept_frozen
+
+    def keep_frozen(self, names: list[str]) -> None:
+        """Freeze these modules (dotted names) at every freeze level, unfreezing included."""
+        modules = dict(self.named_modules())
+        unknown = [name for name in names if name not in modules or not name]
+        if unknown:
+            tops = ", ".join(name for name in modules if name and name.count(".") <= 1)
+            raise ConfigError(f"stage.frozen: {', '.join(map(repr, unknown))} is not a module of this model; "
+                              f"expected dotted module names such as {tops}")
+        self.kept_frozen = list(names)
+        self.set_freeze_level(self.freeze_level)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.get_submodule(name) for name in self.frozen_module_names()]

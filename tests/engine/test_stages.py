@@ -108,8 +108,9 @@ def test_init_from_a_missing_file_is_a_clear_error(compose_config, tmp_path):
 def test_stage_overrides_get_the_plus_hydra_needs():
     argv = ["reid.train", "pipeline=three_stage", "pipeline.stage2.optimizer.lr=4e-5", "pipeline.stages=[a]",
             "optimizer.lr=1e-3"]
-    assert allow_stage_overrides(argv) == ["reid.train", "pipeline=three_stage", "+pipeline.stage2.optimizer.lr=4e-5",
-                                           "pipeline.stages=[a]", "optimizer.lr=1e-3"]
+    assert allow_stage_overrides(argv) == ["reid.train", "pipeline=three_stage",
+                                           "++pipeline.stage2.optimizer.lr=4e-5", "pipeline.stages=[a]",
+                                           "optimizer.lr=1e-3"]
 
 
 PIPELINE = ["experiment=smoke", "pipeline=three_stage", "pipeline.stage1.stage.epochs=1",
