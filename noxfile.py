@@ -21,8 +21,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def multiprocess(session: nox.Session) -> None:
-    """The end-to-end tests that start several cooperating processes: DDP ranks, torchrun trials, sweep workers,
-    a PostgreSQL restart, a preempted job. Each spends most of its time starting Python processes on the 2 cores,
+    """The end-to-end tests that start, signal or kill whole processes: DDP ranks, torchrun trials, sweep workers,
+    whole sweeps killed and resumed, runs killed by a signal and resumed, a PostgreSQL restart, a preempted job.
+    Each spends most of its time starting Python processes on the 2 cores,
     so together they would push `nox -s tests` past its 10-minute budget; CI runs both sessions."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "-m", "multiprocess", *session.posargs)

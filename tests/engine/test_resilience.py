@@ -54,6 +54,7 @@ def start_until(cwd: Path, data_dir: Path, args: list[str], marker: str) -> subp
     raise AssertionError(f"process ended before {marker!r}:\n" + "".join(seen)[-3000:])
 
 
+@pytest.mark.multiprocess
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir, reference):
     process = start_until(tmp_path, data_dir, RUN, "epoch 2 step 2/4")
     process.kill()
@@ -73,6 +74,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, da
     assert (run_dir / "log.txt").read_text().count("[Epoch 1/3]") == 1
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("signum,reason,code", [
     (signal.SIGINT, "interrupted by the user (Ctrl+C)", 130),
     (signal.SIGTERM, "terminated by SIGTERM", 143),

@@ -180,6 +180,7 @@ def wait_stopped(pid: int) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.multiprocess
 def test_a_second_resume_of_a_running_run_refuses_and_touches_nothing(tmp_path, data_dir, compose_config):
     from reid.train import train
 

@@ -118,6 +118,7 @@ def test_reads_an_optuna_journal_with_variant_names(tmp_path, capsys):
     assert pd.read_csv(tmp_path / "report" / "BEST_MODEL_SELECTION.csv")["variant"].tolist() == ["lr_down", "lr_up"]
 
 
+@pytest.mark.multiprocess
 def test_real_sweep_end_to_end(tmp_path, data_dir, monkeypatch):
     """Two real smoke runs; the CSV parses, the PNG exists, the .txt names the right path, and its snippet runs."""
     result = run_train(["--multirun", "experiment=smoke", "optimizer.lr=1e-4,1e-3"], tmp_path, data_dir)

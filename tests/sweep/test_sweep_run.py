@@ -24,6 +24,9 @@ from sweep_helpers import TINY, load, run_sweep, sweep_command
 
 from hydra_plugins.reid_optuna_sweeper._liveness import HEARTBEAT_ATTR
 
+# Whole sweeps in their own processes, killed and resumed: `nox -s multiprocess`.
+pytestmark = pytest.mark.multiprocess
+
 PLATEAU = ["higher_lr", "cosine_annealing", "heavy_triplet", "aggressive_lr_drop", "smaller_batch_higher_lr"]
 
 
