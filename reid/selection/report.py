@@ -115,18 +115,27 @@ def pareto_title(front: ParetoFront) -> str:
 
 
 def deployment_snippet(best_model: Path) -> list[str]:
-    """Three lines of Python that load the winner with `weights_only=True` and embed one image."""
+    """Two lines of Python that load the winner (its file records its architecture) and embed one image."""
     return [
-        "import torch, PIL.Image; from reid.selection import model_from_payload",
-        f"model, transform = model_from_payload(torch.load({str(best_model)!r}, weights_only=True))",
-        'with torch.no_grad(): embedding = model(transform(PIL.Image.open("person.jpg").convert("RGB")).unsqueeze(0))',
+        "from reid.inference import FeatureExtractor",
+        f'embedding = FeatureExtractor({str(best_model)!r})("person.jpg")',
+    ]
+
+
+def next_commands(best_model: Path) -> list[str]:
+    """The commands that score, show and export the winner, each writing beside it."""
+    return [
+        f"python -m reid.evaluate model={best_model}    # its figures and per-query APs; flip=true rerank=true",
+        f"python -m reid.visualize model={best_model}   # what it retrieves, worst queries first",
+        f"python -m reid.export model={best_model}      # ONNX for onnxruntime (format=torchscript)",
     ]
 
 
 def _distance_hint(run: RunSummary) -> str:
     data = run.hyperparameters.get("data")
     distance = data.get("distance") if isinstance(data, dict) else None
-    return f"compare embeddings by {distance or 'euclidean'} distance, as the run was evaluated."
+    return (f"the run was evaluated by {distance or 'euclidean'} distance between unnormalised embeddings "
+            "(reid.evaluate reproduces its figures).")
 
 
 def rule_text(metric: str) -> str:
@@ -195,10 +204,11 @@ def render_text(ranking: Ranking) -> str:
                   "Still improving when it stopped?", f"  {improvement_text(winner)}", "",
                   "Deployment"]
         if winner.best_model is not None:
-            lines += [f"  Best model: {winner.best_model}",
-                      "  Load it and embed an image (Python; weights_only=True runs no pickled code):"]
+            lines += [f"  Best model: {winner.best_model}", "  Score it, look at it, export it:"]
+            lines += [f"    {line}" for line in next_commands(winner.best_model)]
+            lines.append("  Embed an image in Python (loaded with weights_only=True: no pickled code runs):")
             lines += [f"    {line}" for line in deployment_snippet(winner.best_model)]
-            lines.append(f"  `embedding` is a (1, feature_dim) tensor; {_distance_hint(winner)}")
+            lines.append(f"  `embedding` is an L2-normalised (1, feature_dim) tensor; {_distance_hint(winner)}")
         else:
             lines.append(f"  {NO_MODEL_PATH}")
         lines.append("")
@@ -245,10 +255,11 @@ def render_markdown(ranking: Ranking) -> str:
                   "", "## Lead over the runner-up", "", margin_text(ranking), "",
                   "## Still improving when it stopped?", "", improvement_text(winner), "", "## Deployment", ""]
         if winner.best_model is not None:
-            lines += [f"Best model: `{winner.best_model}`", "",
-                      "Load it (`weights_only=True` runs no pickled code) and embed an image:", "", "```python",
+            lines += [f"Best model: `{winner.best_model}`", "", "Score it, look at it, export it:", "", "```bash",
+                      *next_commands(winner.best_model), "```", "",
+                      "Embed an image (`weights_only=True`: no pickled code runs):", "", "```python",
                       *deployment_snippet(winner.best_model), "```", "",
-                      f"`embedding` is a (1, feature_dim) tensor; {_distance_hint(winner)}", ""]
+                      f"`embedding` is an L2-normalised (1, feature_dim) tensor; {_distance_hint(winner)}", ""]
         else:
             lines += [NO_MODEL_PATH, ""]
     front = pareto_front(ranking.ranked)

@@ -13,7 +13,7 @@ from test_records import write_run
 
 from reid.selection import load_run_dirs, rank_runs, write_reports
 from reid.selection import report as report_module
-from reid.selection.report import deployment_snippet, format_duration
+from reid.selection.report import deployment_snippet, format_duration, next_commands
 
 CRIMSON = (220, 20, 60)
 
@@ -56,8 +56,13 @@ def test_text_report_names_the_winner_and_tabulates_every_run(sweep):
             "0.7500 (+0.0500), rank-5 0.9000 vs 0.8000 (+0.1000).") in lines
     assert lines[lines.index("Still improving when it stopped?") + 1].startswith("  Yes: its best mAP came at its last")
     assert f"  Best model: {sweep / '1' / 'best_model.pth'}" in lines
-    assert [f"    {line}" for line in deployment_snippet(sweep / "1" / "best_model.pth")] == lines[
-        lines.index("  Best model: " + str(sweep / "1" / "best_model.pth")) + 2:][:3]
+    best = sweep / "1" / "best_model.pth"
+    start = lines.index(f"  Best model: {best}")
+    assert lines[start + 1:start + 8] == [
+        "  Score it, look at it, export it:", *(f"    {line}" for line in next_commands(best)),
+        "  Embed an image in Python (loaded with weights_only=True: no pickled code runs):",
+        *(f"    {line}" for line in deployment_snippet(best))]
+    assert next_commands(best)[0].startswith(f"python -m reid.evaluate model={best} ")
     assert "  2    optimizer.lr=1.0  diverged  -                diverged: loss=nan at epoch 2, step 1" in lines
     assert (f"  3 ({sweep / '3'}): model_info.json is not valid JSON (Expecting property name enclosed in double "
             "quotes at line 1, column 2)") in lines
@@ -121,11 +126,17 @@ def test_rerun_replaces_every_file_and_a_failed_render_keeps_the_old_ones(sweep,
     assert {name: path.read_bytes() for name, path in paths.items()} == before
 
 
-def test_deployment_snippet_is_three_lines_with_weights_only():
-    lines = deployment_snippet(Path("/x/best_model.pth"))
-    assert len(lines) == 3
-    assert "torch.load('/x/best_model.pth', weights_only=True)" in lines[1]
-    assert compile("\n".join(lines), "<snippet>", "exec")
+def test_the_deployment_snippet_embeds_an_image_with_the_winners_model(untrained_model_file, tmp_path, monkeypatch):
+    from PIL import Image
+
+    best = untrained_model_file() / "best_model.pth"
+    Image.new("RGB", (40, 90), (200, 30, 30)).save(tmp_path / "person.jpg")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile("\n".join(deployment_snippet(best)), "<snippet>", "exec"), namespace)
+    embedding = namespace["embedding"]
+    assert embedding.shape == (1, 512)  # experiment=smoke: ResNet-18
+    assert float(embedding.norm()) == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("seconds, text", [(None, "-"), (6.26, "6.3s"), (75, "1m15s"), (3725, "1h02m")])
