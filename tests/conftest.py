@@ -14,6 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = str(REPO / "conf")
 
 
+def compose_named(config_name: str, *overrides: str):
+    """Compose one of conf/'s entrypoint configs (evaluate, visualize, extract, export) as its command would."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name=config_name, overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One data directory per test session, so the synthetic set is generated once and reused."""

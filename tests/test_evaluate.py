@@ -12,9 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR, train_env
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import compose_named, train_env
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -33,15 +31,6 @@ from reid.model_outputs import model_output_dir
 
 # One epoch, evaluated on 6 of synthetic_tiny's 8 queries against 30 of its 46 gallery images.
 RUN = ["experiment=smoke", "trainer.max_epochs=1", "trainer.limit_eval_queries=6", "trainer.limit_eval_gallery=30"]
-
-
-def compose_named(config_name: str, *overrides: str):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose(config_name=config_name, overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import CONF_DIR, train_env
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import compose_named, train_env
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
@@ -137,32 +135,23 @@ def test_torchscript_of_an_open_clip_vit_keeps_a_dynamic_batch(extractor_of, ima
         torch.testing.assert_close(module(batch[rows]), expected[rows], atol=TOLERANCE, rtol=0)
 
 
-def _export_config(*overrides: str):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose(config_name="export", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
-
-
 def test_export_errors_name_the_problem(untrained_model_file, tmp_path, monkeypatch, capsys):
     run_dir = untrained_model_file(*FAMILIES["timm_resnet"])
     with pytest.raises(MissingConfigException, match=r"(?s)Could not find 'format/tflite'.*onnx.*torchscript"):
-        _export_config(f"model={run_dir}", "format=tflite")
+        compose_named("export", f"model={run_dir}", "format=tflite")
     failed = r"\(resnet18\) to format=onnx failed: OnnxExporterError: .*opset 6.*format=torchscript"
     with pytest.raises(ExportError, match=failed):
-        export(_export_config(f"model={run_dir}", f"out_dir={tmp_path}", "format.opset=6"))
+        export(compose_named("export", f"model={run_dir}", f"out_dir={tmp_path}", "format.opset=6"))
     state_dict = tmp_path / "weights.pth"
     torch.save(load_trained_model(run_dir).model.state_dict(), state_dict)
     with pytest.raises(CheckpointError, match=f"{state_dict} is not a reid model file"):
-        export(_export_config(f"model={state_dict}", f"out_dir={tmp_path}"))
+        export(compose_named("export", f"model={state_dict}", f"out_dir={tmp_path}"))
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not a model\n")
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exited:
-        main(_export_config(f"model={text_file}", f"out_dir={tmp_path}"))
+        main(compose_named("export", f"model={text_file}", f"out_dir={tmp_path}"))
     error = capsys.readouterr().err
     assert exited.value.code == 2 and error.startswith(f"reid.export: error: {text_file} is not a readable checkpoint")
     assert len(error.splitlines()) == 1

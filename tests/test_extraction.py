@@ -10,9 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONF_DIR, train_env
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import compose_named, train_env
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -94,17 +92,9 @@ def test_bad_inputs_name_what_was_expected(extractor):
         FeatureExtractor("/nonexistent/run")
 
 
-def _extract_config(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="extract", overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    return cfg
-
-
 def test_extract_writes_features_and_index_of_every_split(run_dir, extractor, evaluation, tmp_path):
     paths, expected, _ = evaluation
-    result = extract(_extract_config(f"model={run_dir}", f"out_dir={tmp_path}", "split=all", "num_workers=0",
+    result = extract(compose_named("extract", f"model={run_dir}", f"out_dir={tmp_path}", "split=all", "num_workers=0",
                                      "device=cpu"))
     features = np.load(result.features)
     index = pd.read_csv(result.index)
@@ -117,7 +107,7 @@ def test_extract_writes_features_and_index_of_every_split(run_dir, extractor, ev
     np.testing.assert_allclose(features[:5], extractor(list(index.path[:5])).numpy(), atol=1e-6, rtol=0)
     assert sorted(index.pid[:48].unique()) == list(range(8))  # train: the training labels
     with pytest.raises(ConfigError, match="split='val': expected one of query\\+gallery, train, all"):
-        extract(_extract_config(f"model={run_dir}", f"out_dir={tmp_path}", "split=val"))
+        extract(compose_named("extract", f"model={run_dir}", f"out_dir={tmp_path}", "split=val"))
 
 
 def test_extract_command(run_dir, evaluation, tmp_path, data_dir):

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR, train_env
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import compose_named, train_env
 from PIL import Image
 
 from reid.checkpoint import BEST_MODEL, save_model_file
@@ -40,15 +38,6 @@ from reid.visualize import visualize
 TOP_K = 50
 GALLERY = 46
 LAYOUT = GridLayout(tile_height=32, tile_width=16)
-
-
-def compose_named(config_name: str, *overrides: str):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose(config_name=config_name, overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def border_colour(image: Image.Image, layout: GridLayout, position: int) -> tuple[int, int, int]:
