@@ -171,6 +171,10 @@ def input_contract(trained: TrainedModel, file_format: ExportFormat, normalize_i
         "embedding_dim": int(trained.model.architecture["feature_dim"]),
         "l2_normalized": l2_normalize,
         "flip_tta": flip,
+        # A camera embedding (SIE) needs each image's camera id, which the graph does not take: it is left out,
+        # as for an image from an unknown camera (reid.inference.FeatureExtractor takes camids).
+        "camera_embedding_applied": False,
+        "source_model_has_camera_embedding": "num_cameras" in trained.model.architecture,
         "source_model": str(trained.path),
         "backbone": trained.model.architecture["backbone"],
         "head": trained.model.architecture["head"],
@@ -183,6 +187,9 @@ def export_model(trained: TrainedModel, file_format: ExportFormat, out_dir: str 
     """Write `trained` (on CPU) in `file_format` into `out_dir` as `<model file stem><suffix>`, and its input
     contract as `<that name>.json`."""
     trained.model.to("cpu").eval()
+    if "num_cameras" in trained.model.architecture:
+        log.warning("%s has a camera embedding (backbone.sie_coefficient); the exported graph takes images only, so "
+                    "its embeddings leave it out, as for an image from an unknown camera", trained.path)
     graph = DeployedEmbedding(trained, normalize_inside, flip, l2_normalize).eval()
     shape = (TRACE_BATCH, 3, trained.height, trained.width)
     example = torch.zeros(shape, dtype=torch.uint8) if normalize_inside else torch.zeros(shape)

@@ -94,24 +94,34 @@ class FeatureExtractor:
         return normalize_image(torch.from_numpy(pixels).permute(2, 0, 1), self.recipe)
 
     @torch.no_grad()
-    def embed(self, batch: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embeddings of a batch of model inputs (B x 3 x height x width, normalised)."""
+    def embed(self, batch: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised embeddings of a batch of model inputs (B x 3 x height x width, normalised); `camids`
+        (each image's camera) reach a model with a camera embedding (SIE), as in its evaluation."""
         batch = batch.to(self.device, non_blocking=True)
+        camids = None if camids is None else torch.as_tensor(camids, dtype=torch.long).to(self.device)
         with self.precision.autocast():
-            embedding = embed(self.trained.model, batch, self.flip)
+            embedding = embed(self.trained.model, batch, self.flip, camids)
         return F.normalize(embedding.float(), dim=1).cpu()
 
-    def __call__(self, images: Sequence[ImageInput] | ImageInput) -> torch.Tensor:
-        """Embeddings (N x D) of a list of images, one image, or a batch tensor (N x 3 x H x W)."""
+    def __call__(self, images: Sequence[ImageInput] | ImageInput,
+                 camids: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings (N x D) of a list of images, one image, or a batch tensor (N x 3 x H x W); `camids`, one
+        camera id per image, for a model with a camera embedding (without them it adds none)."""
         if torch.is_tensor(images) and images.ndim == 4:
             images = list(images.unbind(0))
         elif isinstance(images, (str, os.PathLike, Image.Image)) or torch.is_tensor(images):
             images = [images]
         images = list(images)
+        cameras = None if camids is None else torch.as_tensor(camids, dtype=torch.long).reshape(-1)
+        if cameras is not None and len(cameras) != len(images):
+            raise ConfigError(f"camids: {len(cameras)} camera ids for {len(images)} images; expected one per image")
         if not images:
             return torch.empty((0, self.embedding_dim), dtype=torch.float32)
-        chunks = (images[start:start + self.batch_size] for start in range(0, len(images), self.batch_size))
-        return torch.cat([self.embed(torch.stack([self.prepare(image) for image in chunk])) for chunk in chunks])
+        starts = range(0, len(images), self.batch_size)
+        return torch.cat([
+            self.embed(torch.stack([self.prepare(image) for image in images[start:start + self.batch_size]]),
+                       None if cameras is None else cameras[start:start + self.batch_size])
+            for start in starts])
 
     def embed_records(self, records: Sequence[ImageRecord], num_workers: int = 0) -> torch.Tensor:
         """Embeddings of dataset records in order, decoded by `num_workers` loader processes (the evaluation's
@@ -124,5 +134,5 @@ class FeatureExtractor:
         loader = DataLoader(EvalImages(records, images, self.recipe, normalize_here=True),
                             batch_size=self.batch_size, shuffle=False, num_workers=num_workers,
                             pin_memory=self.device.type == "cuda")
-        for batch, _, _, _ in loader:
-            yield self.embed(batch)
+        for batch, _, camids, _ in loader:
+            yield self.embed(batch, camids)

@@ -91,9 +91,9 @@ def untrained_model_file(data_dir: Path, tmp_path_factory: pytest.TempPathFactor
             with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
                 cfg = compose(config_name="config", overrides=[f"data_dir={data_dir}", "experiment=smoke", *overrides])
             GlobalHydra.instance().clear()
-            num_classes = instantiate(cfg.dataset).load().num_classes
+            splits = instantiate(cfg.dataset).load()
             torch.manual_seed(0)
-            model = build_model(cfg.backbone, cfg.head, num_classes=num_classes)
+            model = build_model(cfg.backbone, cfg.head, num_classes=splits.num_classes, num_cameras=splits.num_cameras)
             run_dir = tmp_path_factory.mktemp("untrained_run")
             save_model_file(run_dir / BEST_MODEL, model, model.architecture,
                             {"epoch": 1, "metrics": None, "config": as_plain_dict(cfg)})

@@ -81,6 +81,7 @@ def test_onnx_matches_pytorch_for_every_backbone_family(family, extractor_of, im
     assert contract["output"] == {"name": "embeddings", "shape": ["batch", dim], "dtype": "float32",
                                   "l2_normalized": True}
     assert (contract["embedding_dim"], contract["opset"], contract["normalize_inside"]) == (dim, 17, False)
+    assert (contract["camera_embedding_applied"], contract["source_model_has_camera_embedding"]) == (False, False)
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     (graph_input,) = session.get_inputs()
     assert (graph_input.name, graph_input.type, graph_input.shape[1:]) == ("images", "tensor(float)", [3, 64, 32])

@@ -59,6 +59,27 @@ def test_extractor_equals_the_evaluation_path(run_dir, extractor, evaluation):
     assert (flipped - features).abs().max() > 1e-3
 
 
+def test_a_camera_embedding_model_gets_each_images_camera_as_in_its_evaluation(untrained_model_file):
+    run_dir = untrained_model_file("backbone=clip_vit_b16", "backbone.model_name=ViT-S-16",
+                                   "backbone.sie_coefficient=3.0")
+    trained = load_trained_model(run_dir)
+    splits = instantiate(trained.config.dataset).load()
+    loaders = build_loaders(splits, trained.config.data, seed=0)
+    expected, _, camids = extract_features(trained.model, loaders.test, torch.device("cpu"), Precision("32", "cpu"))
+    evaluated = splits.query + splits.gallery
+    chosen = list(range(0, len(evaluated), len(evaluated) // 6))[:6]  # spread over the split, so over cameras
+    records = [evaluated[i] for i in chosen]
+    extractor = FeatureExtractor(trained, batch_size=4)
+    with_cameras = extractor([record.path for record in records], camids=[record.camid for record in records])
+    torch.testing.assert_close(with_cameras, F.normalize(expected[chosen], dim=1), atol=1e-5, rtol=0)
+    assert list(camids[chosen]) == [record.camid for record in records] and len(set(camids[chosen])) > 1
+    torch.testing.assert_close(extractor.embed_records(records), with_cameras, atol=1e-5, rtol=0)
+    without = extractor([record.path for record in records])
+    assert (without - with_cameras).abs().max() > 1e-3  # the camera embedding is only added when ids are given
+    with pytest.raises(ConfigError, match="camids: 2 camera ids for 6 images"):
+        extractor([record.path for record in records], camids=[0, 1])
+
+
 def test_paths_pil_images_and_tensors_agree(extractor, evaluation, tmp_path):
     source = Image.open(evaluation[0][0]).convert("RGB")
     assert source.size == (32, 64)
