@@ -160,7 +160,7 @@ def query_gallery_distances(cfg: DictConfig, features: torch.Tensor, num_query: 
 def run_evaluation(cfg: DictConfig) -> Evaluation:
     """Load the model and the data, embed, rank and score; nothing is written."""
     check_options(cfg)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, key="device")
     precision = resolve_precision(cfg.precision, None, device)
     trained = load_trained_model(cfg.model, device)
     recorded = cfg.dataset is None

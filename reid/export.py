@@ -33,7 +33,7 @@ from reid.checkpoint import atomic_write, atomic_write_text
 from reid.cli import reports_user_errors
 from reid.engine.evaluator import embed
 from reid.errors import ConfigError, ExportError, ReidError
-from reid.model_outputs import register_output_resolver
+from reid.model_outputs import MISSING_MODEL, register_output_resolver
 from reid.models.loading import TrainedModel, load_trained_model
 
 log = logging.getLogger("reid")
@@ -216,8 +216,7 @@ def export_model(trained: TrainedModel, file_format: ExportFormat, out_dir: str 
 def export(cfg: DictConfig) -> Exported:
     """The export the config describes (`reid.export`'s work, callable without the command line)."""
     if OmegaConf.is_missing(cfg, "model"):
-        raise ConfigError("model=<run dir or model file> is required: a reid.train run directory, its "
-                          "best_model.pth or model_final.pth")
+        raise ConfigError(MISSING_MODEL)
     file_format = instantiate(cfg.format)
     trained = load_trained_model(cfg.model, "cpu")
     return export_model(trained, file_format, cfg.out_dir, normalize_inside=cfg.normalize_inside, flip=cfg.flip,

@@ -24,7 +24,7 @@ from reid.cli import reports_user_errors
 from reid.data.records import ImageRecord, ReidSplits
 from reid.errors import ConfigError
 from reid.inference import FeatureExtractor
-from reid.model_outputs import register_output_resolver
+from reid.model_outputs import MISSING_MODEL, register_output_resolver
 
 log = logging.getLogger("reid")
 
@@ -75,8 +75,7 @@ def write_index(index: pd.DataFrame, out_dir: Path) -> Path:
 def extract(cfg: DictConfig) -> Extraction:
     """Embed the configured split with the configured model; write features and index into `cfg.out_dir`."""
     if OmegaConf.is_missing(cfg, "model"):
-        raise ConfigError("model=<run dir or model file> is required: a reid.train run directory, its "
-                          "best_model.pth or model_final.pth")
+        raise ConfigError(MISSING_MODEL)
     subsets_of(cfg.split)
     extractor = FeatureExtractor(cfg.model, device=cfg.device, flip=cfg.flip, batch_size=cfg.batch_size,
                                  precision=str(cfg.precision))

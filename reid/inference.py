@@ -24,6 +24,7 @@ from reid.data.images import decode_resized, resize_image
 from reid.data.pipeline import EvalImages
 from reid.data.records import ImageRecord
 from reid.data.transforms import Augmentation, normalize_image
+from reid.engine.build import resolve_device
 from reid.engine.evaluator import embed
 from reid.engine.precision import resolve_precision
 from reid.errors import ConfigError
@@ -32,16 +33,6 @@ from reid.models.loading import TrainedModel, load_trained_model
 # An image path, a PIL image, or a tensor: uint8 3 x H x W (any size, RGB 0-255; resized like a decoded file) or
 # floating point 3 x height x width already normalised with the model's mean and std (used as is).
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """`auto`: CUDA where available, else CPU; any other name as torch spells it."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but CUDA is not available here; use device=auto or cpu")
-    return device
 
 
 class FeatureExtractor:
@@ -57,7 +48,7 @@ class FeatureExtractor:
                  batch_size: int = 128, precision: str = "32") -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size}: expected an integer >= 1")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, key="device")
         self.trained = model if isinstance(model, TrainedModel) else load_trained_model(model, self.device)
         self.trained.model.to(self.device).eval()
         self.flip = flip

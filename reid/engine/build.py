@@ -33,13 +33,14 @@ from reid.sweep.pruning import TrialPruningHook
 
 log = logging.getLogger("reid")
 
-def resolve_device(name: str) -> torch.device:
-    """The device `trainer.device` names; each of several processes gets its own GPU (cuda:LOCAL_RANK)."""
-    if name == "auto":
+def resolve_device(name: str | torch.device, key: str = "trainer.device") -> torch.device:
+    """The device `key` names (`auto`: CUDA where available, else CPU); each of several processes gets its own GPU
+    (cuda:LOCAL_RANK)."""
+    if str(name) == "auto":
         return distributed.place(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name!r} but CUDA is not available here; use trainer.device=auto or cpu")
+        raise ConfigError(f"{key}={str(name)!r} but CUDA is not available here; use {key}=auto or cpu")
     return distributed.place(device)
 
 
@@ -226,6 +227,7 @@ def build_run_hooks(cfg: DictConfig, run_dir: Path, config: dict[str, Any], over
     for group in HOOK_GROUPS:
         for name, node in (cfg.get(group) or {}).items():
             key = f"{group}.{name}"
+            # Built as a partial and then called: `config` would collide with instantiate's own first parameter.
             build = instantiate(node, _partial_=True)
             accepted = inspect.signature(build.func).parameters
             try:
