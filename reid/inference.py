@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader
 from torchvision.transforms import functional as TF
 
 from reid.data.cache import DecodedImages
 from reid.data.images import decode_resized, resize_image
-from reid.data.pipeline import EvalImages
+from reid.data.loaders import eval_loader
 from reid.data.records import ImageRecord
 from reid.data.transforms import Augmentation, normalize_image
 from reid.engine.build import resolve_device
@@ -122,8 +121,7 @@ class FeatureExtractor:
 
     def _record_batches(self, records: Sequence[ImageRecord], num_workers: int) -> Iterator[torch.Tensor]:
         images = DecodedImages([record.path for record in records], self.trained.height, self.trained.width)
-        loader = DataLoader(EvalImages(records, images, self.recipe, normalize_here=True),
-                            batch_size=self.batch_size, shuffle=False, num_workers=num_workers,
-                            pin_memory=self.device.type == "cuda")
+        loader = eval_loader(records, images, self.recipe, self.batch_size, num_workers, normalize_here=True,
+                             pin_memory=self.device.type == "cuda")
         for batch, _, camids, _ in loader:
             yield self.embed(batch, camids)

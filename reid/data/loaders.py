@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,20 +93,23 @@ def build_loaders(splits: ReidSplits, data: DictConfig, seed: int, device: torch
         worker_init_fn=_seed_worker if workers else None,
         persistent_workers=False,
     )
-    test = _eval_loader(evaluated, test_images, recipe, data, normalize_here=not on_device, pin_memory=pin_memory)
+    test = eval_loader(evaluated, test_images, recipe, data.test_batch_size, workers, normalize_here=not on_device,
+                       pin_memory=pin_memory)
     if not on_device:
         return Loaders(train=train, test=test, num_query=len(splits.query), pipeline=pipeline)
     return Loaders(train=train, test=test, num_query=len(splits.query), pipeline=pipeline,
                    train_transform=AugmentOnDevice(recipe), test_transform=NormalizeOnDevice(recipe))
 
 
-def _eval_loader(records: list[ImageRecord], images: DecodedImages, recipe: Augmentation, data: DictConfig,
-                 normalize_here: bool, pin_memory: bool) -> DataLoader:
+def eval_loader(records: Sequence[ImageRecord], images: DecodedImages, recipe: Augmentation, batch_size: int,
+                num_workers: int, normalize_here: bool, pin_memory: bool) -> DataLoader:
+    """Evaluation images in `records`' order, never augmented: the loader of the evaluation and of
+    reid.inference."""
     return DataLoader(
         EvalImages(records, images, recipe, normalize_here=normalize_here),
-        batch_size=data.test_batch_size,
+        batch_size=batch_size,
         shuffle=False,
-        num_workers=data.num_workers,
+        num_workers=num_workers,
         pin_memory=pin_memory,
     )
 
@@ -121,6 +125,6 @@ def build_test_loader(splits: ReidSplits, data: DictConfig,
     images = decoded_images(data.cache, [r.path for r in evaluated], data.height, data.width, data.cache_max_gb,
                             data.num_workers, "query+gallery", splits.root)
     on_device = pipeline == "gpu"
-    loader = _eval_loader(evaluated, images, recipe, data, normalize_here=not on_device,
-                          pin_memory=device is not None and device.type == "cuda")
+    loader = eval_loader(evaluated, images, recipe, data.test_batch_size, data.num_workers,
+                         normalize_here=not on_device, pin_memory=device is not None and device.type == "cuda")
     return loader, NormalizeOnDevice(recipe) if on_device else BatchTransform()
